@@ -1,0 +1,170 @@
+"""The driver: one loop for every split method and both executors.
+
+An executor owns the client shards and the server and knows how to call them:
+the local one calls methods directly and returns values, the Ray one calls
+actor methods and returns object references. The loop below never looks at a
+tensor, so under Ray it handles references and small metrics only, and
+activations travel from client actors to the server actor and back directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from statistics import fmean
+from typing import Any, Protocol
+
+from sglr_ray.config import RunConfig, check_writable
+from sglr_ray.data import prepare_data
+from sglr_ray.results import ResultsWriter, make_run_id
+from sglr_ray.server import CommLedger
+
+log = logging.getLogger(__name__)
+
+# Steps the driver lets run ahead before it waits for a step's metrics. Actor
+# calls run in submission order, so this is safe; it only bounds memory.
+MAX_STEPS_IN_FLIGHT = 4
+
+
+class Executor(Protocol):
+    name: str
+    shards: list[Any]  # ClientShard objects or their actor handles
+    server: Any  # Server object or its actor handle
+    clients_per_shard: int
+
+    def call(self, target: Any, method: str, *args: Any, num_returns: int = 1) -> Any: ...
+    def get(self, value: Any) -> Any: ...
+    def close(self) -> None: ...
+
+
+@dataclass
+class EpochResult:
+    epoch: int
+    train_loss: float
+    val_acc: dict[int, float]
+    test_acc: dict[int, float] | None
+    comm: CommLedger
+    averaging_on: bool
+    train_wall_s: float
+    eval_wall_s: float
+
+
+ProgressFn = Callable[[int, int, float], None]  # (epoch, steps done, running loss)
+
+
+def train_epoch(ex: Executor, config: RunConfig, epoch: int, progress: ProgressFn | None = None) -> float:
+    """Steps 1-6 of SPEC section 2, `steps_per_epoch` times. Returns the mean training loss."""
+    in_flight: deque = deque()
+    loss_sum, samples = 0.0, 0
+
+    def settle_oldest() -> None:
+        nonlocal loss_sum, samples
+        metrics_ref, apply_refs = in_flight.popleft()
+        metrics = ex.get(metrics_ref)
+        ex.get(apply_refs)  # surfaces a client-side failure at the step it happened
+        loss_sum, samples = loss_sum + metrics.loss * metrics.samples, samples + metrics.samples
+        if progress:
+            progress(epoch, samples // (config.batch_size * config.clients), loss_sum / samples)
+
+    for step in range(config.steps_per_epoch):
+        uploads = [ex.call(shard, "forward_batch", epoch, step) for shard in ex.shards]
+        metrics, averaged, *deliveries = ex.call(
+            ex.server, "train_step", epoch, step, *uploads, num_returns=len(ex.shards) + 2
+        )
+        applies = [
+            ex.call(s, "apply_gradient", d, averaged) for s, d in zip(ex.shards, deliveries, strict=True)
+        ]
+        in_flight.append((metrics, applies))
+        if len(in_flight) > MAX_STEPS_IN_FLIGHT:
+            settle_oldest()
+    while in_flight:
+        settle_oldest()
+    return loss_sum / samples
+
+
+def average_client_models(ex: Executor) -> None:
+    """SFL's end-of-epoch FedAvg of the bottom models, weighted by partition size."""
+    uploads = [ex.call(shard, "upload_models") for shard in ex.shards]
+    mean_state = ex.call(ex.server, "average_client_models", *uploads)
+    ex.get([ex.call(shard, "load_bottom_state", mean_state) for shard in ex.shards])
+
+
+def evaluate(ex: Executor, split: str) -> dict[int, float]:
+    """Accuracy of every client's bottom model with the current top model, by client_id."""
+    top_state = ex.call(ex.server, "top_state")
+    per_shard = ex.get([ex.call(shard, "evaluate", top_state, split) for shard in ex.shards])
+    return {client_id: acc for shard_acc in per_shard for client_id, acc in shard_acc.items()}
+
+
+def run_epoch(ex: Executor, config: RunConfig, epoch: int, progress: ProgressFn | None) -> EpochResult:
+    started = time.perf_counter()
+    averaging_on = ex.get(ex.call(ex.server, "averaging_on", epoch))
+    train_loss = train_epoch(ex, config, epoch, progress)
+    if config.preset.average_client_models:
+        average_client_models(ex)
+    comm = ex.get(ex.call(ex.server, "pop_epoch_comm"))
+    trained = time.perf_counter()
+    val_acc = evaluate(ex, "val")
+    last = epoch == config.epochs - 1
+    test_acc = evaluate(ex, "test") if (last or config.test_each_epoch) else None
+    return EpochResult(
+        epoch, train_loss, val_acc, test_acc, comm, averaging_on,
+        train_wall_s=trained - started, eval_wall_s=time.perf_counter() - trained,
+    )  # fmt: skip
+
+
+def make_executor(config: RunConfig, data: Any, run_id: str) -> Executor:
+    if config.executor == "local":
+        from sglr_ray.local_executor import LocalExecutor
+
+        return LocalExecutor(config, data, run_id)
+    from sglr_ray.ray_executor import RayExecutor
+
+    return RayExecutor(config, data, run_id)
+
+
+@dataclass
+class RunOutcome:
+    run_id: str
+    paths: dict[str, str]
+    epochs: list[EpochResult]
+    final_test_acc: float
+    wall_s: float
+
+
+def run_experiment(
+    config: RunConfig,
+    progress: ProgressFn | None = None,
+    on_epoch: Callable[[EpochResult], None] | None = None,
+) -> RunOutcome:
+    """Run one experiment end to end and record it under `config.out`.
+
+    Results are rewritten after every epoch, so a crash loses at most the epoch
+    in progress, and the run's status says how it ended.
+    """
+    started = time.perf_counter()
+    check_writable(config.out)
+    data = prepare_data(config)  # fails on a missing dataset before any Ray work
+    run_id = config.run_id or make_run_id(config)
+    writer = ResultsWriter(config.out, run_id, config, data.dataset)
+    ex = make_executor(config, data, run_id)
+    results: list[EpochResult] = []
+    try:
+        writer.start(executor=ex.name, clients_per_actor=ex.clients_per_shard)
+        for epoch in range(config.epochs):
+            result = run_epoch(ex, config, epoch, progress)
+            results.append(result)
+            writer.record_epoch(result, wall_s=time.perf_counter() - started)
+            if on_epoch:
+                on_epoch(result)
+        final = fmean(results[-1].test_acc.values())
+        writer.finish("completed", final_test_acc=final, wall_s=time.perf_counter() - started)
+    except BaseException:
+        writer.finish("failed", final_test_acc=None, wall_s=time.perf_counter() - started)
+        raise
+    finally:
+        ex.close()
+    return RunOutcome(run_id, writer.paths, results, final, time.perf_counter() - started)

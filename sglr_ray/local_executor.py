@@ -1,0 +1,43 @@
+"""The in-process executor: the same ClientShard and Server objects, called directly.
+
+It is the oracle for the Ray executor (same seed, same numbers) and the
+baseline for its overhead.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from sglr_ray.client import ClientShard
+from sglr_ray.config import RunConfig
+from sglr_ray.data import PreparedData
+from sglr_ray.placement import shard_clients
+from sglr_ray.server import Server
+
+
+class LocalExecutor:
+    name = "local"
+
+    def __init__(self, config: RunConfig, data: PreparedData, run_id: str = "") -> None:
+        # Set explicitly: the Ray executor does the same in every actor, and the
+        # two only agree to the last bit when they run the same thread count.
+        torch.set_num_threads(config.torch_threads or os.cpu_count() or 1)
+        device = "cuda" if config.gpus_per_client > 0 and torch.cuda.is_available() else "cpu"
+        self.clients_per_shard = config.clients_per_actor or config.clients
+        self.server = Server(config, device)
+        self.shards = [
+            ClientShard(config, ids, [data.partitions[i] for i in ids], data.val, data.test, device)
+            for ids in shard_clients(config.clients, self.clients_per_shard)
+        ]
+
+    def call(self, target: Any, method: str, *args: Any, num_returns: int = 1) -> Any:
+        return getattr(target, method)(*args)
+
+    def get(self, value: Any) -> Any:
+        return value
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,136 @@
+"""Split models: each architecture is a (bottom, top) pair of nn.Modules.
+
+The bottom runs on a client and turns an input image into smashed data; the
+top runs on the server and turns smashed data into class logits. Inputs are
+1x32x32 (Fashion-MNIST padded by 2 pixels on each side, see data.py).
+
+Neither model uses dropout: the server's randomness would then depend on the
+process it runs in, and the in-process and Ray executors must agree exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+INPUT_SHAPE = (1, 32, 32)
+NUM_CLASSES = 10
+
+
+# --- AlexNet (SPEC section 3: client = first conv layer + max-pool) ----------
+# Widths are a narrow AlexNet for 32x32 greyscale input, sized so an epoch of
+# 5 clients x 1000 samples trains in seconds on two CPU cores.
+
+
+def alexnet_bottom() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 32, kernel_size=5, padding=2),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),  # -> 32 x 16 x 16
+    )
+
+
+def alexnet_top() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(32, 64, kernel_size=3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),  # -> 64 x 8 x 8
+        nn.Conv2d(64, 128, kernel_size=3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(128, 128, kernel_size=3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(128, 64, kernel_size=3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),  # -> 64 x 4 x 4
+        nn.Flatten(),
+        nn.Linear(64 * 4 * 4, 256),
+        nn.ReLU(inplace=True),
+        nn.Linear(256, NUM_CLASSES),
+    )
+
+
+# --- ResNet-16 (SPEC section 3) ------------------------------------------------
+# CIFAR-style: stem conv, then stages of basic blocks [2, 2, 3] with widths
+# 16/32/64. The client holds the stem and the first two stages (9 convs), the
+# server the third stage, global pooling and the classifier (6 convs + linear).
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, in_ch: int, out_ch: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_ch)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_ch)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_ch != out_ch:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False), nn.BatchNorm2d(out_ch)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+def _stage(in_ch: int, out_ch: int, blocks: int, stride: int) -> nn.Sequential:
+    layers = [BasicBlock(in_ch, out_ch, stride)]
+    layers += [BasicBlock(out_ch, out_ch, 1) for _ in range(blocks - 1)]
+    return nn.Sequential(*layers)
+
+
+def resnet16_bottom() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1, bias=False),
+        nn.BatchNorm2d(16),
+        nn.ReLU(inplace=True),
+        _stage(16, 16, blocks=2, stride=1),
+        _stage(16, 32, blocks=2, stride=2),  # -> 32 x 16 x 16
+    )
+
+
+def resnet16_top() -> nn.Module:
+    return nn.Sequential(
+        _stage(32, 64, blocks=3, stride=2),  # -> 64 x 8 x 8
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(64, NUM_CLASSES),
+    )
+
+
+# --- registry ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SplitModel:
+    """How to build one architecture's two halves."""
+
+    name: str
+    build_bottom: Callable[[], nn.Module]
+    build_top: Callable[[], nn.Module]
+
+
+SPLIT_MODELS: dict[str, SplitModel] = {
+    "alexnet": SplitModel("alexnet", alexnet_bottom, alexnet_top),
+    "resnet16": SplitModel("resnet16", resnet16_bottom, resnet16_top),
+}
+
+
+def seeded(build: Callable[[], nn.Module], seed: int) -> nn.Module:
+    """Build a module with parameters drawn from `seed`, leaving the global RNG as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def state_nbytes(module: nn.Module) -> int:
+    """Bytes of a module's state dict (parameters and buffers): what a weight transfer moves."""
+    return sum(t.numel() * t.element_size() for t in module.state_dict().values())

@@ -1,0 +1,141 @@
+"""The Ray executor: ClientShard and Server objects hosted in thin actors.
+
+The actors add nothing to the math: each method forwards to the object it
+holds. Calls return object references; the driver passes those references
+on, so smashed data and gradients go from client actors to the server actor
+and back through Ray's object store, never through the driver.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import ray
+import torch
+
+from sglr_ray.client import ClientShard
+from sglr_ray.config import RunConfig
+from sglr_ray.data import PreparedData
+from sglr_ray.placement import plan_placement
+from sglr_ray.server import Server
+
+log = logging.getLogger(__name__)
+
+
+class ExecutorError(RuntimeError):
+    """A Ray actor failed; the cause is chained."""
+
+
+class ClientActor:
+    """Hosts one ClientShard in its own process."""
+
+    def __init__(self, torch_threads: int, *shard_args: Any) -> None:
+        torch.set_num_threads(torch_threads)  # Ray sets OMP_NUM_THREADS from num_cpus otherwise
+        self.shard = ClientShard(*shard_args)
+
+    def forward_batch(self, epoch: int, step: int) -> Any:
+        return self.shard.forward_batch(epoch, step)
+
+    def apply_gradient(self, delivery: Any, averaged_gradient: Any) -> None:
+        return self.shard.apply_gradient(delivery, averaged_gradient)
+
+    def upload_models(self) -> Any:
+        return self.shard.upload_models()
+
+    def load_bottom_state(self, state: Any) -> None:
+        return self.shard.load_bottom_state(state)
+
+    def evaluate(self, top_state: Any, split: str) -> dict[int, float]:
+        return self.shard.evaluate(top_state, split)
+
+
+class ServerActor:
+    """Hosts the Server in its own process."""
+
+    def __init__(self, torch_threads: int, *server_args: Any) -> None:
+        torch.set_num_threads(torch_threads)
+        self.server = Server(*server_args)
+
+    def train_step(self, epoch: int, step: int, *uploads: Any) -> tuple:
+        return self.server.train_step(epoch, step, *uploads)
+
+    def averaging_on(self, epoch: int) -> bool:
+        return self.server.averaging_on(epoch)
+
+    def average_client_models(self, *uploads: Any) -> Any:
+        return self.server.average_client_models(*uploads)
+
+    def top_state(self) -> Any:
+        return self.server.top_state()
+
+    def pop_epoch_comm(self) -> Any:
+        return self.server.pop_epoch_comm()
+
+
+def connect() -> bool:
+    """Attach to RAY_ADDRESS when set, else start an embedded Ray. Returns True if we started it."""
+    if ray.is_initialized():
+        return False
+    address = os.environ.get("RAY_ADDRESS") or "local"
+    log.info("ray.init(address=%r)", address)
+    ray.init(address=address, log_to_driver=True, include_dashboard=False if address == "local" else None)
+    return address == "local"
+
+
+class RayExecutor:
+    name = "ray"
+
+    def __init__(self, config: RunConfig, data: PreparedData, run_id: str) -> None:
+        self._owns_ray = connect()
+        self.actors: list[Any] = []
+        resources = ray.cluster_resources()
+        placement = plan_placement(
+            config.clients, config.clients_per_actor, config.torch_threads,
+            cpus=resources.get("CPU", 1.0), memory_bytes=resources.get("memory", 8 * 2**30),
+        )  # fmt: skip
+        self.clients_per_shard = placement.clients_per_shard
+        on_gpu = config.gpus_per_client > 0
+        device = "cuda" if on_gpu else "cpu"
+        common = {"num_cpus": placement.cpus_per_actor, "max_concurrency": 1}
+        self.server = (
+            ray.remote(ServerActor)
+            .options(name=f"{run_id}/server", num_gpus=config.gpus_per_client if on_gpu else 0, **common)
+            .remote(placement.torch_threads, config, device)
+        )
+        val, test = ray.put(data.val), ray.put(data.test)  # stored once, shared by every shard
+        self.shards = []
+        for ids in placement.shard_client_ids:
+            partitions = ray.put([data.partitions[i] for i in ids])  # only this shard's clients
+            self.shards.append(
+                ray.remote(ClientActor)
+                .options(
+                    name=f"{run_id}/clients-{ids[0]}-{ids[-1]}",
+                    num_gpus=config.gpus_per_client * len(ids),
+                    **common,
+                )
+                .remote(placement.torch_threads, config, ids, partitions, val, test, device)
+            )
+        self.actors = [self.server, *self.shards]
+        self.get([actor.__ray_ready__.remote() for actor in self.actors])  # start-up is not epoch time
+        log.info(
+            "%d client shards of up to %d clients; %.2f CPU and %d torch threads per actor",
+            len(self.shards), self.clients_per_shard, placement.cpus_per_actor, placement.torch_threads,
+        )  # fmt: skip
+
+    def call(self, target: Any, method: str, *args: Any, num_returns: int = 1) -> Any:
+        return getattr(target, method).options(num_returns=num_returns).remote(*args)
+
+    def get(self, value: Any) -> Any:
+        try:
+            return ray.get(value)
+        except ray.exceptions.RayError as ex:
+            raise ExecutorError(f"a Ray actor failed: {ex}") from ex
+
+    def close(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors = []
+        if self._owns_ray:
+            ray.shutdown()

@@ -1,0 +1,127 @@
+"""The one writer of results: three Parquet tables per run, rewritten atomically.
+
+Layout under the output directory:
+  runs/<run_id>.parquet     one row: the configuration, status and final figures
+  epochs/<run_id>.parquet   one row per epoch: loss, accuracy, bytes, wall time
+  clients/<run_id>.parquet  one row per client per epoch
+
+`pd.read_parquet("<out>/epochs")` loads every run at once. Each file is
+written to a hidden temporary name and renamed into place, so a reader (or a
+crash) never sees half a table; pyarrow skips the dot-files when it reads a
+directory.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import secrets
+from pathlib import Path
+from statistics import fmean
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from sglr_ray.config import RunConfig
+from sglr_ray.version import code_version
+
+if TYPE_CHECKING:
+    from sglr_ray.driver import EpochResult
+
+RUNS_SCHEMA = pa.schema([
+    ("run_id", pa.string()), ("method", pa.string()), ("model", pa.string()),
+    ("dataset", pa.string()), ("partition", pa.string()), ("num_clients", pa.int64()),
+    ("alpha", pa.float64()), ("phi", pa.float64()), ("phase", pa.string()),
+    ("batch_size", pa.int64()), ("samples_per_client", pa.int64()), ("epochs", pa.int64()),
+    ("seed", pa.int64()), ("lr", pa.float64()), ("server_lr", pa.float64()),
+    ("optimizer", pa.string()), ("executor", pa.string()), ("clients_per_actor", pa.int64()),
+    ("epochs_done", pa.int64()), ("final_test_acc", pa.float64()), ("wall_s", pa.float64()),
+    ("status", pa.string()), ("started_at", pa.string()), ("code_version", pa.string()),
+    ("config_json", pa.string()),
+])  # fmt: skip
+EPOCHS_SCHEMA = pa.schema([
+    ("run_id", pa.string()), ("epoch", pa.int64()), ("train_loss", pa.float64()),
+    ("val_acc", pa.float64()), ("test_acc", pa.float64()), ("averaging_on", pa.bool_()),
+    ("wall_s", pa.float64()), ("train_wall_s", pa.float64()), ("eval_wall_s", pa.float64()),
+    ("bytes_up", pa.int64()), ("bytes_down", pa.int64()), ("bytes_server_sent", pa.int64()),
+])  # fmt: skip
+CLIENTS_SCHEMA = pa.schema([
+    ("run_id", pa.string()), ("epoch", pa.int64()), ("client_id", pa.int64()),
+    ("val_acc", pa.float64()), ("test_acc", pa.float64()), ("bytes_up", pa.int64()),
+    ("bytes_down", pa.int64()), ("active_steps", pa.int64()),
+])  # fmt: skip
+TABLES = {"runs": RUNS_SCHEMA, "epochs": EPOCHS_SCHEMA, "clients": CLIENTS_SCHEMA}
+
+
+def make_run_id(config: RunConfig) -> str:
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return f"{config.method}-{config.model}-c{config.clients}-s{config.seed}-{stamp}-{secrets.token_hex(2)}"
+
+
+def write_table_atomic(rows: list[dict[str, Any]], schema: pa.Schema, path: Path) -> None:
+    """Write `rows` to `path` as Parquet via a temporary file and a rename."""
+    table = pa.Table.from_pylist(rows, schema=schema)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class ResultsWriter:
+    def __init__(self, out: str, run_id: str, config: RunConfig, dataset: str) -> None:
+        self.run_id = run_id
+        self.config = config
+        self.paths = {name: str(Path(out) / name / f"{run_id}.parquet") for name in TABLES}
+        for path in self.paths.values():
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.run_row: dict[str, Any] = {
+            "run_id": run_id, "method": config.method, "model": config.model, "dataset": dataset,
+            "partition": config.partition, "num_clients": config.clients, "alpha": config.alpha,
+            "phi": config.phi, "phase": config.phase, "batch_size": config.batch_size,
+            "samples_per_client": config.samples_per_client, "epochs": config.epochs,
+            "seed": config.seed, "lr": config.lr, "server_lr": config.server_lr,
+            "optimizer": config.optimizer, "executor": config.executor, "epochs_done": 0,
+            "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "code_version": code_version(), "config_json": config.to_json(), "status": "running",
+        }  # fmt: skip
+        self.epoch_rows: list[dict[str, Any]] = []
+        self.client_rows: list[dict[str, Any]] = []
+
+    def start(self, executor: str, clients_per_actor: int) -> None:
+        self.run_row.update(executor=executor, clients_per_actor=clients_per_actor)
+        self._flush()
+
+    def record_epoch(self, result: EpochResult, wall_s: float) -> None:
+        comm, test = result.comm, result.test_acc
+        self.epoch_rows.append({
+            "run_id": self.run_id, "epoch": result.epoch, "train_loss": result.train_loss,
+            "val_acc": fmean(result.val_acc.values()),
+            "test_acc": fmean(test.values()) if test else None,
+            "averaging_on": result.averaging_on, "wall_s": wall_s,
+            "train_wall_s": result.train_wall_s, "eval_wall_s": result.eval_wall_s,
+            "bytes_up": sum(comm.bytes_up), "bytes_down": sum(comm.bytes_down),
+            "bytes_server_sent": comm.server_sent,
+        })  # fmt: skip
+        for client_id in sorted(result.val_acc):
+            self.client_rows.append({
+                "run_id": self.run_id, "epoch": result.epoch, "client_id": client_id,
+                "val_acc": result.val_acc[client_id],
+                "test_acc": test[client_id] if test else None,
+                "bytes_up": comm.bytes_up[client_id], "bytes_down": comm.bytes_down[client_id],
+                "active_steps": comm.active_steps[client_id],
+            })  # fmt: skip
+        self.run_row.update(epochs_done=len(self.epoch_rows), wall_s=wall_s)
+        self._flush()
+
+    def finish(self, status: str, final_test_acc: float | None, wall_s: float) -> None:
+        self.run_row.update(status=status, final_test_acc=final_test_acc, wall_s=wall_s)
+        self._flush()
+
+    def _flush(self) -> None:
+        # The epoch tables first: a runs row never claims epochs that are not on disk.
+        write_table_atomic(self.epoch_rows, EPOCHS_SCHEMA, Path(self.paths["epochs"]))
+        write_table_atomic(self.client_rows, CLIENTS_SCHEMA, Path(self.paths["clients"]))
+        write_table_atomic([self.run_row], RUNS_SCHEMA, Path(self.paths["runs"]))
