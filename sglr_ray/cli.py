@@ -1,6 +1,7 @@
 """Command line: `sglr-ray run` trains one split-learning experiment and records it.
 
 Examples:
+  sglr-ray data --download                       # find Fashion-MNIST, fetch it if missing
   sglr-ray run                                   # SGLR, AlexNet, 5 clients, 2 epochs, local
   sglr-ray run --method sfl --clients 10 --epochs 5 --executor ray
   sglr-ray run --config exp.yaml --seed 3        # flags override the file
@@ -22,7 +23,7 @@ import yaml
 from tqdm import tqdm
 
 from sglr_ray.config import METHODS, ConfigError, RunConfig
-from sglr_ray.data import DATASETS, DatasetNotFoundError
+from sglr_ray.data import DATASETS, DatasetNotFoundError, download_fashion_mnist, find_fashion_mnist
 from sglr_ray.driver import EpochResult, RunOutcome, run_experiment
 from sglr_ray.models import SPLIT_MODELS
 from sglr_ray.summary import format_epoch_line, format_summary
@@ -63,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
         "run", help="train one experiment", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
+    data = commands.add_parser("data", help="find Fashion-MNIST, or download it with --download")
+    data.add_argument("--download", action="store_true", help="fetch it with torchvision when not found")
     run.add_argument("--config", type=Path, help="YAML or TOML file of run settings; flags override it")
     run.add_argument("-v", "--verbose", action="store_true", help="log what the executors do")
     for f in dataclasses.fields(RunConfig):
@@ -108,6 +111,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "data":
+        return locate_data(args.download)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
         config = config_from_args(args)
@@ -116,6 +121,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sglr-ray: error: {ex}", file=sys.stderr)
         return 2
     print(format_summary(config, outcome))
+    return 0
+
+
+def locate_data(download: bool) -> int:
+    try:
+        print(f"Fashion-MNIST: {find_fashion_mnist()}")
+    except DatasetNotFoundError as ex:
+        if not download:
+            print(f"sglr-ray: error: {ex}", file=sys.stderr)
+            return 2
+        print(f"Fashion-MNIST: downloaded to {download_fashion_mnist()}")
     return 0
 
 

@@ -92,9 +92,8 @@ def average_client_models(ex: Executor) -> None:
     ex.get([ex.call(shard, "load_bottom_state", mean_state) for shard in ex.shards])
 
 
-def evaluate(ex: Executor, split: str) -> dict[int, float]:
-    """Accuracy of every client's bottom model with the current top model, by client_id."""
-    top_state = ex.call(ex.server, "top_state")
+def evaluate(ex: Executor, top_state: Any, split: str) -> dict[int, float]:
+    """Accuracy of every client's bottom model with the top model `top_state`, by client_id."""
     per_shard = ex.get([ex.call(shard, "evaluate", top_state, split) for shard in ex.shards])
     return {client_id: acc for shard_acc in per_shard for client_id, acc in shard_acc.items()}
 
@@ -107,9 +106,10 @@ def run_epoch(ex: Executor, config: RunConfig, epoch: int, progress: ProgressFn 
         average_client_models(ex)
     comm = ex.get(ex.call(ex.server, "pop_epoch_comm"))
     trained = time.perf_counter()
-    val_acc = evaluate(ex, "val")
+    top_state = ex.call(ex.server, "top_state")  # fetched once, sent to every shard
+    val_acc = evaluate(ex, top_state, "val")
     last = epoch == config.epochs - 1
-    test_acc = evaluate(ex, "test") if (last or config.test_each_epoch) else None
+    test_acc = evaluate(ex, top_state, "test") if (last or config.test_each_epoch) else None
     return EpochResult(
         epoch, train_loss, val_acc, test_acc, comm, averaging_on,
         train_wall_s=trained - started, eval_wall_s=time.perf_counter() - trained,

@@ -1,0 +1,66 @@
+"""The Ray executor gives the in-process executor's numbers, moving tensors by reference."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import ray
+import torch
+
+from sglr_ray import ray_executor
+from sglr_ray.driver import run_experiment
+from sglr_ray.protocol import GradientDelivery, SmashedBatch
+
+
+def run_both(config, tmp_out):
+    local = run_experiment(config.replace(executor="local", out=tmp_out, run_id="local"))
+    remote = run_experiment(config.replace(executor="ray", out=tmp_out, run_id="ray"))
+    return local, remote
+
+
+@pytest.mark.parametrize("method, extra", [("sglr", {"phi": 0.5, "alpha": 0.5}), ("sfl", {})])
+def test_ray_matches_local_for_the_same_seed(ray_session, tiny_config, tmp_out, method, extra):
+    config = tiny_config(
+        method=method, clients=4, clients_per_actor=2, epochs=2, test_each_epoch=True, **extra
+    )
+    local, remote = run_both(config, tmp_out)
+    for a, b in zip(local.epochs, remote.epochs, strict=True):
+        assert b.train_loss == pytest.approx(a.train_loss, abs=1e-6)
+        assert b.val_acc == pytest.approx(a.val_acc, abs=1e-6)
+        assert b.test_acc == pytest.approx(a.test_acc, abs=1e-6)
+        assert (b.comm.bytes_up, b.comm.bytes_down, b.comm.server_sent) == (
+            a.comm.bytes_up, a.comm.bytes_down, a.comm.server_sent,
+        )  # fmt: skip
+    runs = pd.read_parquet(f"{tmp_out}/runs").set_index("run_id")
+    assert runs.loc["ray", "executor"] == "ray" and runs.loc["ray", "clients_per_actor"] == 2
+    assert runs.loc["ray", "final_test_acc"] == pytest.approx(runs.loc["local", "final_test_acc"], abs=1e-6)
+
+
+def test_driver_never_fetches_activations_or_gradients(ray_session, tiny_config, tmp_out, monkeypatch):
+    fetched = []
+    real_get = ray_executor.RayExecutor.get
+
+    def recording_get(self, value):
+        result = real_get(self, value)
+        fetched.extend(result if isinstance(result, list) else [result])
+        return result
+
+    monkeypatch.setattr(ray_executor.RayExecutor, "get", recording_get)
+    run_experiment(tiny_config(method="sglr", phi=1.0, executor="ray", out=tmp_out, clients_per_actor=2))
+    assert fetched
+    bulky = (SmashedBatch, GradientDelivery, torch.Tensor)
+    assert not [type(v).__name__ for v in fetched if isinstance(v, bulky)]
+
+
+def test_actors_are_named_and_gone_after_the_run(ray_session, tiny_config, tmp_out, monkeypatch):
+    names = []
+    real_init = ray_executor.RayExecutor.__init__
+
+    def init_and_list(self, *args):
+        real_init(self, *args)
+        names.extend(ray.util.list_named_actors())
+
+    monkeypatch.setattr(ray_executor.RayExecutor, "__init__", init_and_list)
+    run_experiment(tiny_config(executor="ray", clients=4, clients_per_actor=3, out=tmp_out, run_id="named"))
+    assert sorted(names) == ["named/clients-0-2", "named/clients-3-3", "named/server"]
+    assert not ray.util.list_named_actors()
