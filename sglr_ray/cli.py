@@ -52,6 +52,9 @@ FLAG_HELP = {
     "clients_per_actor": "clients hosted by one Ray actor (0 = fit the cluster, 1 when resources allow)",
     "gpus_per_client": "fractional GPU requested per client on the Ray executor (0 = CPU)",
     "torch_threads": "torch threads per process or actor (0 = derive from the CPUs available)",
+    "joules_per_flop": "compute energy model: joules per FLOP (A100 FP32 datasheet figure)",
+    "joules_per_bit": "transmission energy model: joules per bit sent (measured phone Wi-Fi figure)",
+    "link_rate_bps": "link rate R in bit/s for the modelled communication time",
     "out": "results directory (Parquet tables under runs/, epochs/, clients/)",
     "run_id": "name of this run's result files (default: generated from method, model, clients, seed, time)",
 }

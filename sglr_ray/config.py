@@ -98,6 +98,9 @@ class RunConfig:
     clients_per_actor: int = 0  # clients per Ray shard actor, 0 = fit the cluster
     gpus_per_client: float = 0.0  # fractional GPU per client (Ray executor), 0 = CPU
     torch_threads: int = 0  # torch threads per process/actor, 0 = derive from the CPUs
+    joules_per_flop: float = 2.05e-11  # compute energy model (energy.py gives the source)
+    joules_per_bit: float = 6.45e-7  # transmission energy model (energy.py gives the source)
+    link_rate_bps: float = 100e6  # shared link rate R for the modelled communication time
     out: str = "out"  # results directory
     run_id: str = ""  # name of this run's files, "" = generated
 
@@ -128,6 +131,13 @@ class RunConfig:
             raise ConfigError(f"--lr must be positive, got {self.lr!r}")
         if not self.dirichlet_beta > 0:
             raise ConfigError(f"--dirichlet-beta must be positive, got {self.dirichlet_beta!r}")
+        for flag, value in [
+            ("--joules-per-flop", self.joules_per_flop),
+            ("--joules-per-bit", self.joules_per_bit),
+            ("--link-rate-bps", self.link_rate_bps),
+        ]:
+            if not value > 0:
+                raise ConfigError(f"{flag} must be positive, got {value!r}")
         if self.gpus_per_client < 0:
             raise ConfigError(f"--gpus-per-client must be >= 0, got {self.gpus_per_client!r}")
         if self.run_id and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.run_id):

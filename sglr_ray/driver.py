@@ -19,6 +19,8 @@ from typing import Any, Protocol
 
 from sglr_ray.config import RunConfig, check_writable
 from sglr_ray.data import prepare_data
+from sglr_ray.energy import EnergyMeter, open_meter
+from sglr_ray.flops import EpochFlops, epoch_flops
 from sglr_ray.results import ResultsWriter, make_run_id
 from sglr_ray.server import CommLedger
 
@@ -50,6 +52,8 @@ class EpochResult:
     averaging_on: bool
     train_wall_s: float
     eval_wall_s: float
+    flops: EpochFlops
+    energy_j: float | None  # measured over the training part of the epoch; None without a meter
 
 
 ProgressFn = Callable[[int, int, float], None]  # (epoch, steps done, running loss)
@@ -98,14 +102,16 @@ def evaluate(ex: Executor, top_state: Any, split: str) -> dict[int, float]:
     return {client_id: acc for shard_acc in per_shard for client_id, acc in shard_acc.items()}
 
 
-def run_epoch(ex: Executor, config: RunConfig, epoch: int, progress: ProgressFn | None) -> EpochResult:
-    started = time.perf_counter()
+def run_epoch(
+    ex: Executor, config: RunConfig, epoch: int, progress: ProgressFn | None, meter: EnergyMeter
+) -> EpochResult:
+    started, energy_before = time.perf_counter(), meter.read_j()
     averaging_on = ex.get(ex.call(ex.server, "averaging_on", epoch))
     train_loss = train_epoch(ex, config, epoch, progress)
     if config.preset.average_client_models:
         average_client_models(ex)
     comm = ex.get(ex.call(ex.server, "pop_epoch_comm"))
-    trained = time.perf_counter()
+    trained, energy_after = time.perf_counter(), meter.read_j()
     top_state = ex.call(ex.server, "top_state")  # fetched once, sent to every shard
     val_acc = evaluate(ex, top_state, "val")
     last = epoch == config.epochs - 1
@@ -113,6 +119,8 @@ def run_epoch(ex: Executor, config: RunConfig, epoch: int, progress: ProgressFn 
     return EpochResult(
         epoch, train_loss, val_acc, test_acc, comm, averaging_on,
         train_wall_s=trained - started, eval_wall_s=time.perf_counter() - trained,
+        flops=epoch_flops(config),
+        energy_j=None if energy_before is None else energy_after - energy_before,
     )  # fmt: skip
 
 
@@ -149,13 +157,14 @@ def run_experiment(
     check_writable(config.out)
     data = prepare_data(config)  # fails on a missing dataset before any Ray work
     run_id = config.run_id or make_run_id(config)
-    writer = ResultsWriter(config.out, run_id, config, data.dataset)
+    meter = open_meter()
+    writer = ResultsWriter(config.out, run_id, config, data.dataset, meter.source)
     ex = make_executor(config, data, run_id)
     results: list[EpochResult] = []
     try:
         writer.start(executor=ex.name, clients_per_actor=ex.clients_per_shard)
         for epoch in range(config.epochs):
-            result = run_epoch(ex, config, epoch, progress)
+            result = run_epoch(ex, config, epoch, progress, meter)
             results.append(result)
             writer.record_epoch(result, wall_s=time.perf_counter() - started)
             if on_epoch:

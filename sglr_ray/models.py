@@ -134,3 +134,9 @@ def count_parameters(module: nn.Module) -> int:
 def state_nbytes(module: nn.Module) -> int:
     """Bytes of a module's state dict (parameters and buffers): what a weight transfer moves."""
     return sum(t.numel() * t.element_size() for t in module.state_dict().values())
+
+
+def smashed_shape(model: str) -> tuple[int, ...]:
+    """Per-sample shape of the smashed data at the split layer of `model`."""
+    with torch.no_grad():
+        return tuple(SPLIT_MODELS[model].build_bottom()(torch.zeros(1, *INPUT_SHAPE)).shape[1:])

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sglr_ray import energy
+from sglr_ray.comm_model import comm_time_s
 from sglr_ray.config import RunConfig
 from sglr_ray.version import code_version
 
@@ -37,6 +39,9 @@ RUNS_SCHEMA = pa.schema([
     ("seed", pa.int64()), ("lr", pa.float64()), ("server_lr", pa.float64()),
     ("optimizer", pa.string()), ("executor", pa.string()), ("clients_per_actor", pa.int64()),
     ("epochs_done", pa.int64()), ("final_test_acc", pa.float64()), ("wall_s", pa.float64()),
+    ("client_pflops_mean", pa.float64()), ("server_pflops", pa.float64()),
+    ("bytes_per_client_mean", pa.float64()), ("energy_source", pa.string()), ("energy_j", pa.float64()),
+    ("compute_energy_model_j", pa.float64()), ("tx_energy_model_j", pa.float64()),
     ("status", pa.string()), ("started_at", pa.string()), ("code_version", pa.string()),
     ("config_json", pa.string()),
 ])  # fmt: skip
@@ -45,11 +50,17 @@ EPOCHS_SCHEMA = pa.schema([
     ("val_acc", pa.float64()), ("test_acc", pa.float64()), ("averaging_on", pa.bool_()),
     ("wall_s", pa.float64()), ("train_wall_s", pa.float64()), ("eval_wall_s", pa.float64()),
     ("bytes_up", pa.int64()), ("bytes_down", pa.int64()), ("bytes_server_sent", pa.int64()),
+    ("comm_time_s", pa.float64()), ("modelled_time_s", pa.float64()),
+    ("client_flops", pa.int64()), ("server_flops", pa.int64()),
+    ("energy_j", pa.float64()), ("energy_source", pa.string()),
+    ("compute_energy_model_j", pa.float64()), ("tx_energy_model_j", pa.float64()),
 ])  # fmt: skip
 CLIENTS_SCHEMA = pa.schema([
     ("run_id", pa.string()), ("epoch", pa.int64()), ("client_id", pa.int64()),
     ("val_acc", pa.float64()), ("test_acc", pa.float64()), ("bytes_up", pa.int64()),
-    ("bytes_down", pa.int64()), ("active_steps", pa.int64()),
+    ("bytes_down", pa.int64()), ("active_steps", pa.int64()), ("flops", pa.int64()),
+    ("energy_j", pa.float64()), ("compute_energy_model_j", pa.float64()),
+    ("tx_energy_model_j", pa.float64()),
 ])  # fmt: skip
 TABLES = {"runs": RUNS_SCHEMA, "epochs": EPOCHS_SCHEMA, "clients": CLIENTS_SCHEMA}
 
@@ -59,8 +70,8 @@ def make_run_id(config: RunConfig) -> str:
     return f"{config.method}-{config.model}-c{config.clients}-s{config.seed}-{stamp}-{secrets.token_hex(2)}"
 
 
-def write_table_atomic(rows: list[dict[str, Any]], schema: pa.Schema, path: Path) -> None:
-    """Write `rows` to `path` as Parquet via a temporary file and a rename."""
+def write_table_atomic(rows: list[dict[str, Any]], schema: pa.Schema | None, path: Path) -> None:
+    """Write `rows` to `path` as Parquet via a temporary file and a rename (schema None: inferred)."""
     table = pa.Table.from_pylist(rows, schema=schema)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -71,7 +82,7 @@ def write_table_atomic(rows: list[dict[str, Any]], schema: pa.Schema, path: Path
 
 
 class ResultsWriter:
-    def __init__(self, out: str, run_id: str, config: RunConfig, dataset: str) -> None:
+    def __init__(self, out: str, run_id: str, config: RunConfig, dataset: str, energy_source: str) -> None:
         self.run_id = run_id
         self.config = config
         self.paths = {name: str(Path(out) / name / f"{run_id}.parquet") for name in TABLES}
@@ -86,6 +97,7 @@ class ResultsWriter:
             "optimizer": config.optimizer, "executor": config.executor, "epochs_done": 0,
             "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "code_version": code_version(), "config_json": config.to_json(), "status": "running",
+            "energy_source": energy_source,
         }  # fmt: skip
         self.epoch_rows: list[dict[str, Any]] = []
         self.client_rows: list[dict[str, Any]] = []
@@ -95,7 +107,10 @@ class ResultsWriter:
         self._flush()
 
     def record_epoch(self, result: EpochResult, wall_s: float) -> None:
-        comm, test = result.comm, result.test_acc
+        config, comm, test, flops = self.config, result.comm, result.test_acc, result.flops
+        shares = energy.attribute(result.energy_j, [flops.per_client] * flops.clients + [flops.server])
+        bits = 8 * (sum(comm.bytes_up) + comm.server_sent)
+        comm_s = comm_time_s(sum(comm.bytes_up), comm.server_sent, config.link_rate_bps)
         self.epoch_rows.append({
             "run_id": self.run_id, "epoch": result.epoch, "train_loss": result.train_loss,
             "val_acc": fmean(result.val_acc.values()),
@@ -104,6 +119,11 @@ class ResultsWriter:
             "train_wall_s": result.train_wall_s, "eval_wall_s": result.eval_wall_s,
             "bytes_up": sum(comm.bytes_up), "bytes_down": sum(comm.bytes_down),
             "bytes_server_sent": comm.server_sent,
+            "comm_time_s": comm_s, "modelled_time_s": result.train_wall_s + comm_s,
+            "client_flops": flops.client_total, "server_flops": flops.server,
+            "energy_j": result.energy_j, "energy_source": self.run_row["energy_source"],
+            "compute_energy_model_j": (flops.client_total + flops.server) * config.joules_per_flop,
+            "tx_energy_model_j": bits * config.joules_per_bit,
         })  # fmt: skip
         for client_id in sorted(result.val_acc):
             self.client_rows.append({
@@ -111,10 +131,26 @@ class ResultsWriter:
                 "val_acc": result.val_acc[client_id],
                 "test_acc": test[client_id] if test else None,
                 "bytes_up": comm.bytes_up[client_id], "bytes_down": comm.bytes_down[client_id],
-                "active_steps": comm.active_steps[client_id],
+                "active_steps": comm.active_steps[client_id], "flops": flops.per_client,
+                "energy_j": shares[client_id],
+                "compute_energy_model_j": flops.per_client * config.joules_per_flop,
+                "tx_energy_model_j": 8 * comm.bytes_up[client_id] * config.joules_per_bit,
             })  # fmt: skip
-        self.run_row.update(epochs_done=len(self.epoch_rows), wall_s=wall_s)
+        self.run_row.update(epochs_done=len(self.epoch_rows), wall_s=wall_s, **self._run_totals())
         self._flush()
+
+    def _run_totals(self) -> dict[str, Any]:
+        epochs, clients = self.epoch_rows, self.client_rows
+        num_clients = self.config.clients
+        measured = [e["energy_j"] for e in epochs]
+        return {
+            "client_pflops_mean": sum(c["flops"] for c in clients) / num_clients / 1e15,
+            "server_pflops": sum(e["server_flops"] for e in epochs) / 1e15,
+            "bytes_per_client_mean": sum(c["bytes_up"] + c["bytes_down"] for c in clients) / num_clients,
+            "energy_j": None if None in measured else sum(measured),
+            "compute_energy_model_j": sum(e["compute_energy_model_j"] for e in epochs),
+            "tx_energy_model_j": sum(e["tx_energy_model_j"] for e in epochs),
+        }
 
     def finish(self, status: str, final_test_acc: float | None, wall_s: float) -> None:
         self.run_row.update(status=status, final_test_acc=final_test_acc, wall_s=wall_s)

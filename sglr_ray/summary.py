@@ -39,6 +39,26 @@ def epoch_table(outcome: RunOutcome) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def per_client_costs(config: RunConfig, outcome: RunOutcome) -> str:
+    """Bytes, PFLOPs and energy per client over the whole run."""
+    epochs, clients = outcome.epochs, config.clients
+    moved = sum(sum(e.comm.bytes_up) + sum(e.comm.bytes_down) for e in epochs) / clients
+    client_flops = sum(e.flops.per_client for e in epochs)
+    sent_bits = 8 * sum(sum(e.comm.bytes_up) for e in epochs) / clients
+    measured = [e.energy_j for e in epochs]
+    if None in measured:
+        energy = "measured energy: no meter readable"
+    else:
+        share = client_flops / sum(e.flops.client_total + e.flops.server for e in epochs)
+        energy = f"measured {sum(measured) * share:.1f} J"
+    return (
+        f"per client: {moved / MB:.1f} MB moved, {client_flops / 1e15:.3g} PFLOPs "
+        f"(server {sum(e.flops.server for e in epochs) / 1e15:.3g}), {energy}; modelled "
+        f"{client_flops * config.joules_per_flop:.3g} J compute + "
+        f"{sent_bits * config.joules_per_bit:.3g} J transmit"
+    )
+
+
 def format_summary(config: RunConfig, outcome: RunOutcome) -> str:
     knobs = f"alpha={config.alpha:g} phi={config.phi:g} phase={config.phase}"
     lines = [
@@ -48,6 +68,20 @@ def format_summary(config: RunConfig, outcome: RunOutcome) -> str:
         epoch_table(outcome).to_string(index=False),
         f"final test accuracy (mean over clients): {100 * outcome.final_test_acc:.2f}%  "
         f"[dataset: {config.dataset}]  wall time {outcome.wall_s:.1f} s",
+        per_client_costs(config, outcome),
         "results: " + ", ".join(outcome.paths.values()),
     ]
+    return "\n".join(lines)
+
+
+def markdown_table(frame: pd.DataFrame, digits: int = 2) -> str:
+    """A GitHub-style markdown table (pandas' to_markdown needs an extra package)."""
+
+    def cell(value: object) -> str:
+        if isinstance(value, float):
+            return "" if pd.isna(value) else f"{value:.{digits}f}"
+        return str(value)
+
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
     return "\n".join(lines)

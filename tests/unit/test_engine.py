@@ -10,6 +10,7 @@ import torch
 
 from sglr_ray.data import epoch_order, prepare_data, to_model_input
 from sglr_ray.driver import average_client_models, run_epoch, run_experiment, train_epoch
+from sglr_ray.energy import NoMeter
 from sglr_ray.local_executor import LocalExecutor
 from sglr_ray.models import SPLIT_MODELS, seeded
 from sglr_ray.optim import make_optimizer
@@ -72,9 +73,9 @@ def test_sfl_leaves_every_bottom_model_at_the_data_weighted_mean(tiny_config):
 def test_sfl_bytes_include_model_weights_both_ways(tiny_config):
     config = tiny_config(method="sfl", clients=2)
     ex = LocalExecutor(config, prepare_data(config))
-    result = run_epoch(ex, config, 0, None)
+    result = run_epoch(ex, config, 0, None, NoMeter())
     psl = tiny_config(method="psl", clients=2)
-    psl_result = run_epoch(LocalExecutor(psl, prepare_data(psl)), psl, 0, None)
+    psl_result = run_epoch(LocalExecutor(psl, prepare_data(psl)), psl, 0, None, NoMeter())
     weights_bytes = sum(tensor_nbytes(t) for t in bottoms(ex)[0].state_dict().values())
     assert result.comm.bytes_up[0] - psl_result.comm.bytes_up[0] == weights_bytes
     assert result.comm.bytes_down[0] - psl_result.comm.bytes_down[0] == weights_bytes

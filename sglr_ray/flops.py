@@ -1,0 +1,61 @@
+"""Training FLOPs of clients and server, counted by torch's FlopCounterMode.
+
+FLOPs depend only on the model and the batch shape, so each distinct
+(model, part, batch) is counted once and multiplied by the number of steps;
+no step of a real run is instrumented. Evaluation is not counted: these are
+the costs of training, the unit of the paper's "PFLOPs per client".
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from sglr_ray.config import RunConfig
+from sglr_ray.models import INPUT_SHAPE, SPLIT_MODELS, smashed_shape
+
+
+@functools.cache
+def bottom_step_flops(model: str, batch: int) -> int:
+    """Client: forward of the bottom model, then back-propagating the split-layer gradient into it."""
+    bottom = SPLIT_MODELS[model].build_bottom()
+    x = torch.zeros(batch, *INPUT_SHAPE)  # no input gradient: the client never needs one
+    with FlopCounterMode(display=False) as counter:
+        s = bottom(x)
+        s.backward(torch.ones_like(s))
+    return counter.get_total_flops()
+
+
+@functools.cache
+def top_step_flops(model: str, batch: int) -> int:
+    """Server: forward and loss of the top model, backward including dL/ds for the clients."""
+    top = SPLIT_MODELS[model].build_top()
+    s = torch.zeros(batch, *smashed_shape(model), requires_grad=True)
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(top(s), torch.zeros(batch, dtype=torch.long)).backward()
+    return counter.get_total_flops()
+
+
+@dataclass(frozen=True)
+class EpochFlops:
+    per_client: int  # every client runs the same steps on the same batch shape
+    server: int
+    clients: int
+
+    @property
+    def client_total(self) -> int:
+        return self.per_client * self.clients
+
+
+def epoch_flops(config: RunConfig) -> EpochFlops:
+    """FLOPs of one training epoch of a split method."""
+    steps = config.steps_per_epoch
+    return EpochFlops(
+        per_client=steps * bottom_step_flops(config.model, config.batch_size),
+        server=steps * top_step_flops(config.model, config.batch_size * config.clients),
+        clients=config.clients,
+    )
