@@ -110,6 +110,11 @@ class ClientShard:
             state_nbytes=state_nbytes(self.clients[0].bottom),
         )
 
+    def bottom_state(self, client_id: int) -> dict[str, torch.Tensor]:
+        """One client's bottom weights (for the leakage attack, which freezes them)."""
+        client = next(c for c in self.clients if c.client_id == client_id)
+        return {k: v.detach().cpu().clone() for k, v in client.bottom.state_dict().items()}
+
     def load_bottom_state(self, state: dict[str, torch.Tensor]) -> None:
         for client in self.clients:
             client.bottom.load_state_dict(state)

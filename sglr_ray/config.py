@@ -98,6 +98,10 @@ class RunConfig:
     clients_per_actor: int = 0  # clients per Ray shard actor, 0 = fit the cluster
     gpus_per_client: float = 0.0  # fractional GPU per client (Ray executor), 0 = CPU
     torch_threads: int = 0  # torch threads per process/actor, 0 = derive from the CPUs
+    leakage: bool = False  # after training, attack one client's smashed data with a decoder
+    leakage_client: int = 0  # the attacked client
+    leakage_aux_samples: int = 5000  # server-owned training images (held by no client) for the decoder
+    leakage_epochs: int = 5  # decoder training epochs
     joules_per_flop: float = 2.05e-11  # compute energy model (energy.py gives the source)
     joules_per_bit: float = 6.45e-7  # transmission energy model (energy.py gives the source)
     link_rate_bps: float = 100e6  # shared link rate R for the modelled communication time
@@ -127,6 +131,8 @@ class RunConfig:
         ]:
             if not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{flag} must be a non-negative integer, got {value!r}")
+        if self.leakage:
+            self._check_leakage()
         if not self.lr > 0:
             raise ConfigError(f"--lr must be positive, got {self.lr!r}")
         if not self.dirichlet_beta > 0:
@@ -178,6 +184,21 @@ class RunConfig:
             raise ConfigError(
                 f"--batch-size {self.batch_size} is larger than a client's partition "
                 f"(--samples-per-client {self.samples_per_client})"
+            )
+
+    def _check_leakage(self) -> None:
+        if not 0 <= self.leakage_client < self.clients:
+            raise ConfigError(f"--leakage-client {self.leakage_client} must be in [0, {self.clients - 1}]")
+        for flag, value in [("--leakage-aux-samples", self.leakage_aux_samples),
+                            ("--leakage-epochs", self.leakage_epochs)]:  # fmt: skip
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{flag} must be a positive integer, got {value!r}")
+        meta = DATASETS[self.dataset]
+        spare = meta.train_pool - self.clients * self.samples_per_client
+        if self.leakage_aux_samples > spare:
+            raise ConfigError(
+                f"--leakage-aux-samples {self.leakage_aux_samples} exceeds the {spare} training samples "
+                f"no client holds ({meta.train_pool} - {self.clients} x {self.samples_per_client})"
             )
 
     # --- derived values ---------------------------------------------------------

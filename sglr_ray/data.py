@@ -77,6 +77,7 @@ class PreparedData:
     partitions: list[ImageSet]  # one per client, in client_id order
     val: ImageSet
     test: ImageSet
+    spare: ImageSet  # training images no client holds: the server's auxiliary data for attacks
 
 
 # --- locating and reading the files --------------------------------------------
@@ -237,7 +238,8 @@ def prepare_data(config) -> PreparedData:  # config: RunConfig (not imported: av
         train.subset(val_idx[: config.val_samples or None]),
         test.subset(rng.permutation(len(test))[: config.test_samples or None]),
     )
-    return PreparedData(config.dataset, [pool.subset(p) for p in parts], val, test)
+    spare = np.setdiff1d(np.arange(len(pool)), np.concatenate(parts))
+    return PreparedData(config.dataset, [pool.subset(p) for p in parts], val, test, pool.subset(spare))
 
 
 # --- batches -----------------------------------------------------------------------

@@ -18,9 +18,10 @@ from statistics import fmean
 from typing import Any, Protocol
 
 from sglr_ray.config import RunConfig, check_writable
-from sglr_ray.data import prepare_data
+from sglr_ray.data import PreparedData, prepare_data, to_model_input
 from sglr_ray.energy import EnergyMeter, open_meter
 from sglr_ray.flops import EpochFlops, epoch_flops
+from sglr_ray.models import SPLIT_MODELS
 from sglr_ray.results import ResultsWriter, make_run_id
 from sglr_ray.server import CommLedger
 
@@ -36,6 +37,7 @@ class Executor(Protocol):
     shards: list[Any]  # ClientShard objects or their actor handles
     server: Any  # Server object or its actor handle
     clients_per_shard: int
+    shard_client_ids: list[list[int]]
 
     def call(self, target: Any, method: str, *args: Any, num_returns: int = 1) -> Any: ...
     def get(self, value: Any) -> Any: ...
@@ -124,6 +126,26 @@ def run_epoch(
     )  # fmt: skip
 
 
+def attack_client(ex: Executor, config: RunConfig, data: PreparedData) -> tuple:
+    """The honest-but-curious server's decoder attack on one client (SPEC section 4).
+
+    The decoder trains on training images no client holds, against the
+    client's frozen bottom model, then reconstructs the test images.
+    Returns leakage.measure_leakage's (result, originals, reconstructions).
+    """
+    from sglr_ray import leakage
+
+    client = config.leakage_client
+    shard = next(s for s, ids in zip(ex.shards, ex.shard_client_ids, strict=True) if client in ids)
+    bottom = SPLIT_MODELS[config.model].build_bottom()
+    bottom.load_state_dict(ex.get(ex.call(shard, "bottom_state", client)))
+    aux = to_model_input(data.spare.images[: config.leakage_aux_samples])
+    targets = to_model_input(data.test.images)
+    return leakage.measure_leakage(
+        bottom, aux, targets, client, epochs=config.leakage_epochs, seed=config.seed
+    )
+
+
 def make_executor(config: RunConfig, data: Any, run_id: str) -> Executor:
     if config.executor == "local":
         from sglr_ray.local_executor import LocalExecutor
@@ -169,6 +191,8 @@ def run_experiment(
             writer.record_epoch(result, wall_s=time.perf_counter() - started)
             if on_epoch:
                 on_epoch(result)
+        if config.leakage:
+            writer.record_leakage(*attack_client(ex, config, data))
         final = fmean(results[-1].test_acc.values())
         writer.finish("completed", final_test_acc=final, wall_s=time.perf_counter() - started)
     except BaseException:

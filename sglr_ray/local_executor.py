@@ -27,10 +27,11 @@ class LocalExecutor:
         torch.set_num_threads(config.torch_threads or os.cpu_count() or 1)
         device = "cuda" if config.gpus_per_client > 0 and torch.cuda.is_available() else "cpu"
         self.clients_per_shard = config.clients_per_actor or config.clients
+        self.shard_client_ids = shard_clients(config.clients, self.clients_per_shard)
         self.server = Server(config, device)
         self.shards = [
             ClientShard(config, ids, [data.partitions[i] for i in ids], data.val, data.test, device)
-            for ids in shard_clients(config.clients, self.clients_per_shard)
+            for ids in self.shard_client_ids
         ]
 
     def call(self, target: Any, method: str, *args: Any, num_returns: int = 1) -> Any:

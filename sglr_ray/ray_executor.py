@@ -47,6 +47,9 @@ class ClientActor:
     def load_bottom_state(self, state: Any) -> None:
         return self.shard.load_bottom_state(state)
 
+    def bottom_state(self, client_id: int) -> Any:
+        return self.shard.bottom_state(client_id)
+
     def evaluate(self, top_state: Any, split: str) -> dict[int, float]:
         return self.shard.evaluate(top_state, split)
 
@@ -96,6 +99,7 @@ class RayExecutor:
             cpus=resources.get("CPU", 1.0), memory_bytes=resources.get("memory", 8 * 2**30),
         )  # fmt: skip
         self.clients_per_shard = placement.clients_per_shard
+        self.shard_client_ids = placement.shard_client_ids
         on_gpu = config.gpus_per_client > 0
         device = "cuda" if on_gpu else "cpu"
         common = {"num_cpus": placement.cpus_per_actor, "max_concurrency": 1}

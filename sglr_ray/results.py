@@ -62,6 +62,13 @@ CLIENTS_SCHEMA = pa.schema([
     ("energy_j", pa.float64()), ("compute_energy_model_j", pa.float64()),
     ("tx_energy_model_j", pa.float64()),
 ])  # fmt: skip
+LEAKAGE_SCHEMA = pa.schema([
+    ("run_id", pa.string()), ("method", pa.string()), ("model", pa.string()), ("num_clients", pa.int64()),
+    ("alpha", pa.float64()), ("phi", pa.float64()), ("epochs", pa.int64()), ("client_id", pa.int64()),
+    ("samples", pa.int64()), ("aux_samples", pa.int64()), ("decoder_epochs", pa.int64()),
+    ("mse", pa.float64()), ("psnr", pa.float64()), ("ssim", pa.float64()),
+    ("distance_correlation", pa.float64()),
+])  # fmt: skip
 TABLES = {"runs": RUNS_SCHEMA, "epochs": EPOCHS_SCHEMA, "clients": CLIENTS_SCHEMA}
 
 
@@ -151,6 +158,25 @@ class ResultsWriter:
             "compute_energy_model_j": sum(e["compute_energy_model_j"] for e in epochs),
             "tx_energy_model_j": sum(e["tx_energy_model_j"] for e in epochs),
         }
+
+    def record_leakage(self, result: Any, originals: Any, reconstructions: Any) -> None:
+        """`<out>/leakage/<run_id>.parquet`, and `<out>/leakage_images/<run_id>.png` of originals
+        (top row) over reconstructions; the PNG lives apart so pandas can read leakage/ whole."""
+        from sglr_ray.leakage import save_grid
+
+        config, out = self.config, Path(self.paths["runs"]).parent.parent
+        directory, images = out / "leakage", out / "leakage_images"
+        directory.mkdir(exist_ok=True)
+        images.mkdir(exist_ok=True)
+        row = {
+            "run_id": self.run_id, "method": config.method, "model": config.model,
+            "num_clients": config.clients, "alpha": config.alpha, "phi": config.phi,
+            "epochs": len(self.epoch_rows), "aux_samples": config.leakage_aux_samples,
+            "decoder_epochs": config.leakage_epochs, **result.as_row(),
+        }  # fmt: skip
+        write_table_atomic([row], LEAKAGE_SCHEMA, directory / f"{self.run_id}.parquet")
+        save_grid(originals, reconstructions, images / f"{self.run_id}.png")
+        self.paths["leakage"] = str(directory / f"{self.run_id}.parquet")
 
     def finish(self, status: str, final_test_acc: float | None, wall_s: float) -> None:
         self.run_row.update(status=status, final_test_acc=final_test_acc, wall_s=wall_s)

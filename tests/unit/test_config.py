@@ -25,6 +25,10 @@ BAD_FLAGS = [
     (["--lr", "0"], "--lr must be positive, got 0.0"),
     (["--optimizer", "lamb"], "--optimizer 'lamb' is unknown"),
     (["--executor", "spark"], "--executor 'spark' is unknown"),
+    (["--leakage", "--leakage-client", "7"], "--leakage-client 7 must be in [0, 4]"),
+    (["--leakage", "--clients", "50"], "--leakage-aux-samples 5000 exceeds the 0 training samples"),
+    (["--link-rate-bps", "0"], "--link-rate-bps must be positive, got 0.0"),
+    (["--joules-per-bit", "-1"], "--joules-per-bit must be positive, got -1.0"),
 ]
 
 

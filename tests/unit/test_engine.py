@@ -170,3 +170,25 @@ def test_crash_mid_run_leaves_complete_tables_and_failed_status(tiny_config, tmp
     assert len(pd.read_parquet(f"{tmp_out}/clients")) == 4
     leftovers = [p.name for sub in ("runs", "epochs", "clients") for p in Path(tmp_out, sub).iterdir()]
     assert sorted(leftovers) == ["crashy.parquet"] * 3
+
+
+def test_leakage_run_writes_its_table_and_image(tiny_config, tmp_out):
+    import pandas as pd
+
+    config = tiny_config(clients=2, leakage=True, leakage_client=1, leakage_aux_samples=300,
+                         leakage_epochs=1, out=tmp_out, run_id="leaky")  # fmt: skip
+    outcome = run_experiment(config)
+    leakage = pd.read_parquet(f"{tmp_out}/leakage")
+    assert leakage.run_id.tolist() == ["leaky"] and leakage.client_id.tolist() == [1]
+    assert leakage.samples.tolist() == [100]  # the test subset of tiny_config
+    assert 0 < leakage.mse.iloc[0] < 1 and 0 <= leakage.ssim.iloc[0] <= 1
+    assert 0 <= leakage.distance_correlation.iloc[0] <= 1
+    assert Path(tmp_out, "leakage_images", "leaky.png").stat().st_size > 0
+    assert outcome.paths["leakage"].endswith("leakage/leaky.parquet")
+
+
+def test_leakage_auxiliary_data_is_held_by_no_client(tiny_config):
+    data = prepare_data(tiny_config(clients=3))
+    held = {img.tobytes() for part in data.partitions for img in part.images}
+    assert len(data.spare) == 50_000 - 3 * 32
+    assert not held & {img.tobytes() for img in data.spare.images[:2000]}
