@@ -117,6 +117,7 @@ class RayExecutor:
                 .options(
                     name=f"{run_id}/clients-{ids[0]}-{ids[-1]}",
                     num_gpus=config.gpus_per_client * len(ids),
+                    scheduling_strategy="SPREAD",  # over the nodes of a cluster, not packed on one
                     **common,
                 )
                 .remote(placement.torch_threads, config, ids, partitions, val, test, device)

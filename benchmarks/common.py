@@ -1,0 +1,58 @@
+"""Shared pieces of the benchmark scripts: memory sampling and output."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import psutil
+
+from sglr_ray.results import write_table_atomic
+from sglr_ray.summary import markdown_table
+
+OUT_DIR = Path("results/benchmarks")
+
+
+def ray_processes_rss_bytes() -> int:
+    """Resident memory of every Ray process on this machine (workers, raylet, GCS, agents)."""
+    total = 0
+    for proc in psutil.process_iter(["cmdline", "memory_info"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if cmdline.startswith("ray::") or "/ray/" in cmdline or "raylet" in cmdline:
+            total += proc.info["memory_info"].rss if proc.info["memory_info"] else 0
+    return total
+
+
+class PeakMemory:
+    """Samples `ray_processes_rss_bytes` every `interval_s` in a thread; `.peak_bytes` is the maximum."""
+
+    def __init__(self, interval_s: float = 0.5) -> None:
+        self.interval_s, self.peak_bytes = interval_s, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_bytes = max(self.peak_bytes, ray_processes_rss_bytes())
+            time.sleep(self.interval_s)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def write_results(rows: list[dict], name: str, title: str, command: str) -> pd.DataFrame:
+    """Write results/benchmarks/<name>.parquet and <name>.md; return the table."""
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    table = pd.DataFrame(rows)
+    write_table_atomic(rows, None, OUT_DIR / f"{name}.parquet")
+    text = f"# {title}\n\nCommand:\n\n```\n{command}\n```\n\n{markdown_table(table)}\n"
+    (OUT_DIR / f"{name}.md").write_text(text)
+    print(text)
+    return table
