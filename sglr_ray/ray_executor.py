@@ -96,7 +96,8 @@ class RayExecutor:
         resources = ray.cluster_resources()
         placement = plan_placement(
             config.clients, config.clients_per_actor, config.torch_threads,
-            cpus=resources.get("CPU", 1.0), memory_bytes=resources.get("memory", 8 * 2**30),
+            node_cpus=[n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["Alive"]],
+            memory_bytes=resources.get("memory", 8 * 2**30),
         )  # fmt: skip
         self.clients_per_shard = placement.clients_per_shard
         self.shard_client_ids = placement.shard_client_ids
