@@ -5,6 +5,7 @@ Examples:
   sglr-ray run                                   # SGLR, AlexNet, 5 clients, 2 epochs, local
   sglr-ray run --method sfl --clients 10 --epochs 5 --executor ray
   sglr-ray run --config exp.yaml --seed 3        # flags override the file
+  sglr-ray sweep --grid grid.yaml --parallel 2   # a grid of runs; completed ones are skipped
 
 Results go to --out as Parquet (runs/, epochs/, clients/): pandas.read_parquet("out/epochs").
 """
@@ -22,11 +23,12 @@ import tomllib
 import yaml
 from tqdm import tqdm
 
-from sglr_ray.config import METHODS, ConfigError, RunConfig
+from sglr_ray.config import METHODS, ConfigError, RunConfig, check_writable
 from sglr_ray.data import DATASETS, DatasetNotFoundError, download_fashion_mnist, find_fashion_mnist
 from sglr_ray.driver import EpochResult, RunOutcome, run_experiment
 from sglr_ray.models import SPLIT_MODELS
 from sglr_ray.summary import format_epoch_line, format_summary
+from sglr_ray.sweep import completed_runs, expand_grid, run_sweep
 
 # flag -> help text; the default shown comes from RunConfig itself.
 FLAG_HELP = {
@@ -73,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     data = commands.add_parser("data", help="find Fashion-MNIST, or download it with --download")
     data.add_argument("--download", action="store_true", help="fetch it with torchvision when not found")
+    sweep = commands.add_parser("sweep", help="run a grid of experiments, skipping completed ones")
+    sweep.add_argument("--grid", type=Path, required=True, help="YAML or TOML file with `base` and `grid`")
+    sweep.add_argument("--parallel", type=int, default=1, help="runs at once, each in its own process")
+    sweep.add_argument("--dry-run", action="store_true", help="list the runs and stop")
     run.add_argument("--config", type=Path, help="YAML or TOML file of run settings; flags override it")
     run.add_argument("-v", "--verbose", action="store_true", help="log what the executors do")
     for f in dataclasses.fields(RunConfig):
@@ -87,21 +93,55 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_config_file(path: Path) -> dict[str, Any]:
-    """Read run settings from YAML or TOML; keys may use '-' or '_'."""
+def read_mapping(path: Path, flag: str) -> dict[str, Any]:
+    """A YAML or TOML file's top-level mapping."""
     try:
         text = path.read_text()
         raw = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
     except (OSError, tomllib.TOMLDecodeError, yaml.YAMLError) as ex:
-        raise ConfigError(f"--config {str(path)!r} could not be read: {ex}") from ex
+        raise ConfigError(f"{flag} {str(path)!r} could not be read: {ex}") from ex
     if not isinstance(raw, dict):
-        raise ConfigError(f"--config {str(path)!r} must hold a mapping of settings")
+        raise ConfigError(f"{flag} {str(path)!r} must hold a mapping of settings")
+    return raw
+
+
+def check_settings(raw: dict[str, Any], where: str) -> dict[str, Any]:
+    """Run settings with '-' in keys turned to '_'; unknown keys are an error naming them."""
     known = {f.name for f in dataclasses.fields(RunConfig)}
     settings = {str(k).replace("-", "_"): v for k, v in raw.items()}
     unknown = sorted(set(settings) - known)
     if unknown:
-        raise ConfigError(f"--config {str(path)!r} has unknown settings: {', '.join(unknown)}")
+        raise ConfigError(f"{where} has unknown settings: {', '.join(unknown)}")
     return settings
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """Read run settings from YAML or TOML; keys may use '-' or '_'."""
+    return check_settings(read_mapping(path, "--config"), f"--config {str(path)!r}")
+
+
+def run_grid(path: Path, parallel: int, dry_run: bool) -> int:
+    try:
+        raw = read_mapping(path, "--grid")
+        extra = sorted(set(raw) - {"base", "grid"})
+        if extra or "grid" not in raw:
+            raise ConfigError(
+                f"--grid {str(path)!r} needs a `grid` mapping (and optional `base`), got {extra}"
+            )
+        base = check_settings(raw.get("base") or {}, f"--grid {str(path)!r} base")
+        grid = check_settings(raw["grid"], f"--grid {str(path)!r} grid")
+        configs = expand_grid(base, grid)
+        for out in {c.out for c in configs}:
+            check_writable(out)
+    except ConfigError as ex:
+        print(f"sglr-ray: error: {ex}", file=sys.stderr)
+        return 2
+    skip = {c.run_id for c in configs if c.run_id in completed_runs(c.out)}
+    for config in configs:
+        print(f"{'done' if config.run_id in skip else 'todo'}  {config.out}/runs/{config.run_id}.parquet")
+    if not dry_run:
+        run_sweep(configs, parallel, on_done=lambda run_id: print(f"completed {run_id}", flush=True))
+    return 0
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -120,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "data":
         return locate_data(args.download)
+    if args.command == "sweep":
+        return run_grid(args.grid, args.parallel, args.dry_run)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
         config = config_from_args(args)

@@ -1,0 +1,99 @@
+"""Sweeps: a grid of run settings expanded into validated configs and run, skipping finished runs.
+
+A grid file (YAML or TOML) has fixed settings under `base` and lists under `grid`:
+
+    base: {model: alexnet, epochs: 5, out: results/sweep}
+    grid: {method: [psl, sglr], clients: [4, 10], alpha: [0, 0.5], phi: [0, 0.5], seed: [0, 1]}
+
+Every combination becomes one run, named from its values, so a second
+invocation finds completed runs in the output directory and skips them.
+A knob that a method fixes (alpha for psl, say) is dropped from that
+method's combinations instead of making them invalid.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import multiprocessing
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from sglr_ray.config import METHODS, ConfigError, RunConfig
+
+log = logging.getLogger(__name__)
+
+
+def expand_grid(base: dict[str, Any], grid: dict[str, list[Any]]) -> list[RunConfig]:
+    """All combinations of `grid` over `base`, validated; one config per distinct run."""
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"grid setting {key!r} must be a non-empty list, got {values!r}")
+    configs: dict[str, RunConfig] = {}
+    keys = list(grid)
+    for values in itertools.product(*(grid[k] for k in keys)):
+        settings = base | dict(zip(keys, values, strict=True))
+        preset = METHODS.get(settings.get("method", "sglr"))
+        if preset is not None:  # an unknown method is reported by RunConfig below
+            for knob in ("alpha", "phi"):
+                if getattr(preset, knob) is not None:
+                    settings.pop(knob, None)
+        try:
+            config = RunConfig(**settings)
+        except ConfigError as ex:
+            raise ConfigError(f"grid combination {dict(zip(keys, values, strict=True))}: {ex}") from ex
+        config = config.replace(run_id=settings.get("run_id") or run_name(config))
+        configs.setdefault(config.run_id, config)
+    return list(configs.values())
+
+
+def run_name(config: RunConfig) -> str:
+    """A stable name from the settings that sweeps vary."""
+    return (
+        f"{config.method}-{config.model}-c{config.clients}-a{config.alpha:g}-p{config.phi:g}"
+        f"-{config.phase.replace(':', '')}-s{config.seed}"
+    )
+
+
+def completed_runs(out: str) -> set[str]:
+    runs_dir = Path(out) / "runs"
+    if not runs_dir.is_dir() or not any(runs_dir.glob("*.parquet")):
+        return set()
+    runs = pd.read_parquet(runs_dir, columns=["run_id", "status"])
+    return set(runs.loc[runs.status == "completed", "run_id"])
+
+
+def _run_one(config: RunConfig) -> str:
+    from sglr_ray.driver import run_experiment
+
+    return run_experiment(config).run_id
+
+
+def run_sweep(
+    configs: list[RunConfig], parallel: int = 1, on_done: Callable[[str], None] | None = None
+) -> list[str]:
+    """Run every config not yet completed in its output directory; returns the run_ids it ran.
+
+    With parallel > 1, runs go to separate processes (each a whole experiment,
+    with its own executor); give each run fewer --torch-threads accordingly.
+    """
+    todo = [c for c in configs if c.run_id not in completed_runs(c.out)]
+    log.info("%d of %d runs to do", len(todo), len(configs))
+    done = []
+    if parallel <= 1:
+        for config in todo:
+            done.append(_run_one(config))
+            if on_done:
+                on_done(done[-1])
+        return done
+    # spawn: a forked child would inherit the parent's torch threads and any Ray state.
+    with ProcessPoolExecutor(parallel, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for run_id in pool.map(_run_one, todo):
+            done.append(run_id)
+            if on_done:
+                on_done(run_id)
+    return done

@@ -1,0 +1,63 @@
+"""`sglr-ray sweep`: grid expansion, validation before any run, and skipping finished runs."""
+
+from __future__ import annotations
+
+import pytest
+
+from sglr_ray import cli, sweep
+from sglr_ray.config import ConfigError
+
+TINY = {"dataset": "synthetic", "samples_per_client": 16, "batch_size": 8, "epochs": 1,
+        "val_samples": 50, "test_samples": 50, "torch_threads": 1}  # fmt: skip
+
+
+def test_grid_expands_and_drops_knobs_a_method_fixes():
+    grid = {"method": ["psl", "sglr"], "clients": [2, 4], "alpha": [0, 0.5], "phi": [0.5, 1.0]}
+    configs = sweep.expand_grid(TINY, grid)
+    psl = [c for c in configs if c.method == "psl"]
+    sglr = [c for c in configs if c.method == "sglr"]
+    assert len(psl) == 2 and {(c.alpha, c.phi) for c in psl} == {(0.0, 0.0)}  # one per client count
+    assert len(sglr) == 2 * 2 * 2
+    assert len({c.run_id for c in configs}) == len(configs) == 10
+
+
+def test_bad_combination_is_refused_naming_it():
+    with pytest.raises(ConfigError, match=r"grid combination \{'phi': 1.5\}: --phi must be in \[0, 1\]"):
+        sweep.expand_grid(TINY, {"phi": [0.5, 1.5]})
+
+
+def test_sweep_runs_each_config_once_and_skips_completed(tmp_path, monkeypatch, capsys):
+    grid_file = tmp_path / "grid.yaml"
+    grid_file.write_text(
+        f"base: {{dataset: synthetic, samples_per_client: 16, epochs: 1, val_samples: 50, test_samples: 50,"
+        f" torch_threads: 1, out: {tmp_path / 'out'}}}\n"
+        "grid: {method: [psl, sgl], clients: [2], phi: [1.0]}\n"
+    )
+    assert cli.main(["sweep", "--grid", str(grid_file)]) == 0
+    first = capsys.readouterr().out
+    assert first.count("completed ") == 2 and first.count("todo ") == 2
+    assert sweep.completed_runs(str(tmp_path / "out")) == {
+        "psl-alexnet-c2-a0-p0-all-s0", "sgl-alexnet-c2-a0-p1-all-s0",
+    }  # fmt: skip
+
+    def must_not_run(config):
+        raise AssertionError(f"re-ran {config.run_id}")
+
+    monkeypatch.setattr(sweep, "_run_one", must_not_run)
+    assert cli.main(["sweep", "--grid", str(grid_file)]) == 0
+    second = capsys.readouterr().out
+    assert second.count("done ") == 2 and "completed" not in second
+
+
+def test_bad_grid_file_exits_2(tmp_path, capsys):
+    grid_file = tmp_path / "grid.toml"
+    grid_file.write_text("[grid]\nlearning_rate = [0.1]\n")
+    assert cli.main(["sweep", "--grid", str(grid_file)]) == 2
+    assert "grid has unknown settings: learning_rate" in capsys.readouterr().err
+
+
+def test_parallel_sweep_runs_in_separate_processes(tmp_path):
+    configs = sweep.expand_grid(TINY | {"out": str(tmp_path / "out")}, {"seed": [0, 1], "clients": [2]})
+    done = sweep.run_sweep(configs, parallel=2)
+    assert sorted(done) == sorted(c.run_id for c in configs)
+    assert sweep.completed_runs(str(tmp_path / "out")) == set(done)
