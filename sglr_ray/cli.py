@@ -28,7 +28,7 @@ from sglr_ray.data import DATASETS, DatasetNotFoundError, download_fashion_mnist
 from sglr_ray.driver import EpochResult, RunOutcome, run_experiment
 from sglr_ray.models import SPLIT_MODELS
 from sglr_ray.summary import format_epoch_line, format_summary
-from sglr_ray.sweep import completed_runs, expand_grid, run_sweep
+from sglr_ray.sweep import expand_grid, pending, run_sweep
 
 # flag -> help text; the default shown comes from RunConfig itself.
 FLAG_HELP = {
@@ -136,9 +136,9 @@ def run_grid(path: Path, parallel: int, dry_run: bool) -> int:
     except ConfigError as ex:
         print(f"sglr-ray: error: {ex}", file=sys.stderr)
         return 2
-    skip = {c.run_id for c in configs if c.run_id in completed_runs(c.out)}
+    todo = {c.run_id for c in pending(configs)}
     for config in configs:
-        print(f"{'done' if config.run_id in skip else 'todo'}  {config.out}/runs/{config.run_id}.parquet")
+        print(f"{'todo' if config.run_id in todo else 'done'}  {config.out}/runs/{config.run_id}.parquet")
     if not dry_run:
         run_sweep(configs, parallel, on_done=lambda run_id: print(f"completed {run_id}", flush=True))
     return 0

@@ -67,6 +67,12 @@ def completed_runs(out: str) -> set[str]:
     return set(runs.loc[runs.status == "completed", "run_id"])
 
 
+def pending(configs: list[RunConfig]) -> list[RunConfig]:
+    """The configs whose run is not completed yet; each output directory is read once."""
+    finished = {out: completed_runs(out) for out in {c.out for c in configs}}
+    return [c for c in configs if c.run_id not in finished[c.out]]
+
+
 def _run_one(config: RunConfig) -> str:
     from sglr_ray.driver import run_experiment
 
@@ -81,7 +87,7 @@ def run_sweep(
     With parallel > 1, runs go to separate processes (each a whole experiment,
     with its own executor); give each run fewer --torch-threads accordingly.
     """
-    todo = [c for c in configs if c.run_id not in completed_runs(c.out)]
+    todo = pending(configs)
     log.info("%d of %d runs to do", len(todo), len(configs))
     done = []
     if parallel <= 1:
