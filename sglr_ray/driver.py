@@ -163,6 +163,7 @@ class RunOutcome:
     epochs: list[EpochResult]
     final_test_acc: float
     wall_s: float
+    run_row: dict[str, Any]  # the row recorded in runs/<run_id>.parquet, run totals included
 
 
 def run_experiment(
@@ -200,4 +201,4 @@ def run_experiment(
         raise
     finally:
         ex.close()
-    return RunOutcome(run_id, writer.paths, results, final, time.perf_counter() - started)
+    return RunOutcome(run_id, writer.paths, results, final, time.perf_counter() - started, writer.run_row)

@@ -40,21 +40,19 @@ def epoch_table(outcome: RunOutcome) -> pd.DataFrame:
 
 
 def per_client_costs(config: RunConfig, outcome: RunOutcome) -> str:
-    """Bytes, PFLOPs and energy per client over the whole run."""
-    epochs, clients = outcome.epochs, config.clients
-    moved = sum(sum(e.comm.bytes_up) + sum(e.comm.bytes_down) for e in epochs) / clients
-    client_flops = sum(e.flops.per_client for e in epochs)
-    sent_bits = 8 * sum(sum(e.comm.bytes_up) for e in epochs) / clients
-    measured = [e.energy_j for e in epochs]
-    if None in measured:
+    """Bytes, PFLOPs and energy per client over the whole run, from the recorded run totals."""
+    totals, epochs = outcome.run_row, outcome.epochs
+    client_flops = totals["client_pflops_mean"] * 1e15
+    sent_bits = 8 * sum(sum(e.comm.bytes_up) for e in epochs) / config.clients
+    if totals["energy_j"] is None:
         energy = "measured energy: no meter readable"
     else:
         share = client_flops / sum(e.flops.client_total + e.flops.server for e in epochs)
-        energy = f"measured {sum(measured) * share:.1f} J"
+        energy = f"measured {totals['energy_j'] * share:.1f} J"
     return (
-        f"per client: {moved / MB:.1f} MB moved, {client_flops / 1e15:.3g} PFLOPs "
-        f"(server {sum(e.flops.server for e in epochs) / 1e15:.3g}), {energy}; modelled "
-        f"{client_flops * config.joules_per_flop:.3g} J compute + "
+        f"per client: {totals['bytes_per_client_mean'] / MB:.1f} MB moved, "
+        f"{totals['client_pflops_mean']:.3g} PFLOPs (server {totals['server_pflops']:.3g}), {energy}; "
+        f"modelled {client_flops * config.joules_per_flop:.3g} J compute + "
         f"{sent_bits * config.joules_per_bit:.3g} J transmit"
     )
 
