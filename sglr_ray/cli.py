@@ -32,7 +32,7 @@ from sglr_ray.sweep import expand_grid, pending, run_sweep
 
 # flag -> help text; the default shown comes from RunConfig itself.
 FLAG_HELP = {
-    "method": "split method: " + "; ".join(f"{m} = {p.summary}" for m, p in METHODS.items()),
+    "method": "method: " + "; ".join(f"{m} = {p.summary}" for m, p in METHODS.items()),
     "model": f"split model: {', '.join(SPLIT_MODELS)}",
     "dataset": f"dataset: {', '.join(DATASETS)} (synthetic is for benchmarks and tests only)",
     "partition": "client partitions: iid (class-stratified) or dirichlet (label skew)",
@@ -44,6 +44,7 @@ FLAG_HELP = {
     "alpha": "SplitLr exponent: server_lr = lr * C**alpha (slr, sglr; default 0.5)",
     "phi": "SplitAvg: fraction of clients whose split-layer gradients are averaged (sgl, sglr; default 0.5)",
     "phase": "when SplitAvg is on: all, initial:F (first F of the epochs) or final:F (last F)",
+    "local_epochs": "fl only: passes a client makes over its own data per round",
     "lr": "client learning rate (the server's is lr * C**alpha)",
     "optimizer": "adam (betas 0.9/0.999) or sgd (momentum 0.9)",
     "seed": "seed for model init, partitions, shuffling and SplitAvg's active sets",
@@ -191,7 +192,7 @@ def run_with_progress(config: RunConfig) -> RunOutcome:
     def progress(epoch: int, steps: int, loss: float) -> None:
         if epoch not in bars:
             bars[epoch] = tqdm(
-                total=config.steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
+                total=config.iterations_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
                 unit="step", leave=False, disable=None, file=sys.stderr,
             )  # fmt: skip
         bars[epoch].update(steps - bars[epoch].n)

@@ -1,9 +1,11 @@
-"""ClientShard: one or more clients, each with its own bottom model, optimizer and data.
+"""ClientShard: one or more clients, each with its own model, optimizer and data.
 
 Plain torch, no Ray: the Ray executor wraps a shard in a thin actor, the local
-executor calls it directly. A step is two calls: `forward_batch` (returns the
-smashed data to upload) and `apply_gradient` (back-propagates what the server
-sent and steps each client's optimizer).
+executor calls it directly. For the split methods (and SSL) a client holds a
+bottom model and a step is two calls: `forward_batch` (returns the smashed
+data to upload) and `apply_gradient` (back-propagates what the server sent and
+steps each client's optimizer). For the baselines CL and FL a client holds the
+whole model and `train_local` trains it on the client's own data.
 """
 
 from __future__ import annotations
@@ -11,12 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from sglr_ray import rules
 from sglr_ray.config import RunConfig
-from sglr_ray.data import ImageSet, epoch_order, to_model_input
-from sglr_ray.models import SPLIT_MODELS, seeded, state_nbytes
+from sglr_ray.data import ImageSet, PreparedData, epoch_order, to_model_input
+from sglr_ray.models import SPLIT_MODELS, build_client_model, state_nbytes
 from sglr_ray.optim import make_optimizer
 from sglr_ray.protocol import GradientDelivery, ModelUpload, SmashedBatch
 
@@ -26,9 +29,20 @@ EVAL_BATCH = 1000
 @dataclass
 class Client:
     client_id: int
-    bottom: nn.Module
+    model: nn.Module  # the bottom model; the whole model for cl and fl
     optimizer: torch.optim.Optimizer
     data: ImageSet
+
+
+def client_partitions(config: RunConfig, data: PreparedData) -> list[ImageSet]:
+    """The partitions the executors give out, one per training client.
+
+    CL trains one model on the union of every client's partition: one
+    "client" (the data centre) holding all of it.
+    """
+    if config.preset.kind == "cl":
+        return [ImageSet.union(data.partitions)]
+    return list(data.partitions)
 
 
 class ClientShard:
@@ -47,98 +61,142 @@ class ClientShard:
             raise ValueError(f"{len(client_ids)} client ids but {len(partitions)} partitions")
         self.config = config
         self.device = torch.device(device)
-        split = SPLIT_MODELS[config.model]
+        self.full_model = config.preset.full_model
         self.clients: list[Client] = []
         for client_id, data in zip(client_ids, partitions, strict=True):
             data = data.writable_copy()  # arrays from Ray's object store are read-only
-            # Every client starts from the same bottom weights, as if the server
-            # had handed out one initial model.
-            bottom = seeded(split.build_bottom, config.seed).to(self.device)
-            optimizer = make_optimizer(bottom.parameters(), config.optimizer, config.lr)
-            self.clients.append(Client(client_id, bottom, optimizer, data))
+            # Every client starts from the same weights, as if the server had
+            # handed out one initial model.
+            model = build_client_model(config.model, config.seed, self.full_model).to(self.device)
+            optimizer = make_optimizer(model.parameters(), config.optimizer, config.lr)
+            self.clients.append(Client(client_id, model, optimizer, data))
         self.eval_sets = {"val": val.writable_copy(), "test": test.writable_copy()}
-        self._eval_top = split.build_top().to(self.device)
-        self._orders: tuple[int, list[torch.Tensor]] | None = None
-        self._pending: list[torch.Tensor] = []
+        self._eval_top = SPLIT_MODELS[config.model].build_top().to(self.device)
+        self._pending: list[tuple[Client, torch.Tensor]] = []
+        self._orders: dict[int, tuple[int, torch.Tensor]] = {}  # client_id -> (epoch, its order)
 
     @property
     def client_ids(self) -> list[int]:
         return [c.client_id for c in self.clients]
 
-    def _batch_indices(self, epoch: int, step: int) -> list[torch.Tensor]:
-        if self._orders is None or self._orders[0] != epoch:
-            orders = [epoch_order(self.config.seed, c.client_id, epoch, len(c.data)) for c in self.clients]
-            self._orders = (epoch, orders)
-        b = self.config.batch_size
-        return [order[step * b : (step + 1) * b] for order in self._orders[1]]
+    def _select(self, client_ids: list[int] | None) -> list[Client]:
+        if client_ids is None:
+            return self.clients
+        chosen = [c for c in self.clients if c.client_id in set(client_ids)]
+        if len(chosen) != len(client_ids):
+            raise ValueError(f"clients {client_ids} are not all in this shard ({self.client_ids})")
+        return chosen
 
-    def forward_batch(self, epoch: int, step: int) -> SmashedBatch:
-        """Every client draws its batch for (epoch, step) and computes smashed data s_i."""
+    def _batch(self, client: Client, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A client's inputs and labels for (epoch, step): a pure function of the seed and ids."""
+        cached = self._orders.get(client.client_id)
+        if cached is None or cached[0] != epoch:
+            cached = (epoch, epoch_order(self.config.seed, client.client_id, epoch, len(client.data)))
+            self._orders[client.client_id] = cached
+        b = self.config.batch_size
+        index = cached[1][step * b : (step + 1) * b].numpy()
+        x = to_model_input(client.data.images[index]).to(self.device)
+        return x, torch.from_numpy(client.data.labels[index])
+
+    def forward_batch(self, epoch: int, step: int, client_ids: list[int] | None = None) -> SmashedBatch:
+        """Each client (all, or those named: SSL's turn) draws its batch and computes smashed data s_i."""
+        if self.full_model:
+            raise RuntimeError(f"--method {self.config.method} has no split layer to forward to")
         smashed, labels, sizes = [], [], []
         self._pending = []
-        for client, index in zip(self.clients, self._batch_indices(epoch, step), strict=True):
-            x = to_model_input(client.data.images[index.numpy()]).to(self.device)
-            s = client.bottom(x)
-            self._pending.append(s)  # keeps the graph for apply_gradient
+        for client in self._select(client_ids):
+            x, y = self._batch(client, epoch, step)
+            s = client.model(x)
+            self._pending.append((client, s))  # keeps the graph for apply_gradient
             smashed.append(s.detach().cpu())
-            labels.append(torch.from_numpy(client.data.labels[index.numpy()]))
-            sizes.append(len(index))
-        return SmashedBatch(self.client_ids, sizes, torch.cat(smashed), torch.cat(labels))
+            labels.append(y)
+            sizes.append(len(y))
+        ids = [client.client_id for client, _ in self._pending]
+        return SmashedBatch(ids, sizes, torch.cat(smashed), torch.cat(labels))
 
     def apply_gradient(self, delivery: GradientDelivery, averaged_gradient: torch.Tensor | None) -> None:
         """Back-propagate each client's split-layer gradient (own or averaged) and step its optimizer."""
-        if len(self._pending) != len(self.clients):
+        if not self._pending:
             raise RuntimeError("apply_gradient called without a forward_batch before it")
         averaged = set(delivery.averaged)
-        for client, s in zip(self.clients, self._pending, strict=True):
+        for client, s in self._pending:
             grad = averaged_gradient if client.client_id in averaged else delivery.own[client.client_id]
             client.optimizer.zero_grad(set_to_none=True)
             s.backward(grad.to(self.device))
             client.optimizer.step()
         self._pending = []
 
-    # --- SFL: FedAvg of bottom models -----------------------------------------------
+    # --- CL and FL: whole models trained on local data ------------------------------
+
+    def train_local(self, epoch: int) -> tuple[float, int]:
+        """Every client trains its whole model on its own data: `local_epochs` passes of batch b.
+
+        Returns (sum of per-sample losses, samples) for the epoch's mean training loss.
+        """
+        if not self.full_model:
+            raise RuntimeError(f"--method {self.config.method} trains through the server, not locally")
+        passes, loss_sum, samples = self.config.local_epochs, 0.0, 0
+        for client in self.clients:
+            steps = len(client.data) // self.config.batch_size
+            for local_epoch in range(epoch * passes, (epoch + 1) * passes):
+                for step in range(steps):
+                    x, y = self._batch(client, local_epoch, step)
+                    loss = F.cross_entropy(client.model(x), y.to(self.device))
+                    client.optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    client.optimizer.step()
+                    loss_sum, samples = loss_sum + loss.item() * len(y), samples + len(y)
+        return loss_sum, samples
+
+    # --- weights: FedAvg (SFL, FL), SSL's hand-over, the leakage attack ----------------
 
     def upload_models(self) -> ModelUpload:
-        """This shard's part of FedAvg: bottom states weighted by partition size, summed."""
-        states = [{k: v.detach().cpu() for k, v in c.bottom.state_dict().items()} for c in self.clients]
+        """This shard's part of FedAvg: model states weighted by partition size, summed."""
+        states = [{k: v.detach().cpu() for k, v in c.model.state_dict().items()} for c in self.clients]
         weights = [float(len(c.data)) for c in self.clients]
         return ModelUpload(
             client_ids=self.client_ids,
             weighted_state_sum=rules.weighted_state_sum(states, weights),
             total_weight=sum(weights),
-            state_nbytes=state_nbytes(self.clients[0].bottom),
+            state_nbytes=state_nbytes(self.clients[0].model),
         )
 
-    def bottom_state(self, client_id: int) -> dict[str, torch.Tensor]:
-        """One client's bottom weights (for the leakage attack, which freezes them)."""
-        client = next(c for c in self.clients if c.client_id == client_id)
-        return {k: v.detach().cpu().clone() for k, v in client.bottom.state_dict().items()}
+    def model_state(self, client_id: int) -> dict[str, torch.Tensor]:
+        """One client's model weights (SSL hands them on; the leakage attack freezes them)."""
+        (client,) = self._select([client_id])
+        return {k: v.detach().cpu().clone() for k, v in client.model.state_dict().items()}
 
-    def load_bottom_state(self, state: dict[str, torch.Tensor]) -> None:
-        for client in self.clients:
-            client.bottom.load_state_dict(state)
+    def load_model_state(self, state: dict[str, torch.Tensor], client_ids: list[int] | None = None) -> None:
+        """Load `state` into every client of the shard, or only those named."""
+        for client in self._select(client_ids):
+            client.model.load_state_dict(state)
 
     # --- evaluation ---------------------------------------------------------------------
 
     @torch.no_grad()
-    def evaluate(self, top_state: dict[str, torch.Tensor], split: str) -> dict[int, float]:
-        """Top-1 accuracy of each client's bottom model paired with the server's top model.
+    def evaluate(
+        self, top_state: dict[str, torch.Tensor] | None, split: str, client_ids: list[int] | None = None
+    ) -> dict[int, float]:
+        """Top-1 accuracy of each client's bottom model paired with the server's top model
+        (or of its whole model, for cl and fl, where `top_state` is None).
 
         The server's weights come to the shard (a measurement shortcut of the
         simulator, not part of the protocol): evaluation images never leave it.
         """
         images, labels = self.eval_sets[split].images, torch.from_numpy(self.eval_sets[split].labels)
-        self._eval_top.load_state_dict(top_state)
-        self._eval_top.eval()
+        top = nn.Identity()
+        if not self.full_model:
+            top = self._eval_top
+            top.load_state_dict(top_state)
+            top.eval()
         accuracy = {}
-        for client in self.clients:
-            client.bottom.eval()
+        for client in self._select(client_ids):
+            client.model.eval()
             correct = 0
             for start in range(0, len(labels), EVAL_BATCH):
                 x = to_model_input(images[start : start + EVAL_BATCH]).to(self.device)
-                logits = self._eval_top(client.bottom(x))
+                logits = top(client.model(x))
                 correct += int((logits.argmax(1).cpu() == labels[start : start + EVAL_BATCH]).sum())
-            client.bottom.train()
+            client.model.train()
             accuracy[client.client_id] = correct / len(labels)
         return accuracy

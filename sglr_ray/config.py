@@ -21,15 +21,22 @@ class ConfigError(ValueError):
     """A configuration value is out of range or inconsistent with another."""
 
 
-# Methods are presets over three knobs of one engine (SPEC section 2).
+# The split methods are presets over three knobs of one engine (SPEC section 2);
+# cl, fl and ssl are the baselines, each with its own way of training an epoch.
 # `alpha` / `phi` = None means "the user may set it" (with the default shown);
 # a number means the method fixes it.
 @dataclass(frozen=True)
 class MethodPreset:
     alpha: float | None  # SplitLr exponent, fixed, or None when free
     phi: float | None  # SplitAvg fraction, fixed, or None when free
-    average_client_models: bool  # FedAvg of bottom models after each epoch (SFL)
+    average_client_models: bool  # FedAvg of the clients' models after each epoch (SFL, FL)
     summary: str
+    kind: str = "split"  # split (the PSL engine) | cl | fl | ssl
+
+    @property
+    def full_model(self) -> bool:
+        """Whether a client holds the whole model (bottom + top) instead of a bottom model."""
+        return self.kind in ("cl", "fl")
 
 
 METHODS: dict[str, MethodPreset] = {
@@ -38,6 +45,11 @@ METHODS: dict[str, MethodPreset] = {
     "sgl": MethodPreset(0.0, None, False, "PSL + SplitAvg"),
     "sglr": MethodPreset(None, None, False, "PSL + SplitLr + SplitAvg"),
     "sfl": MethodPreset(0.0, 0.0, True, "SplitFed: PSL + FedAvg of bottom models"),
+    "cl": MethodPreset(0.0, 0.0, False, "centralized: one full model on all clients' data", "cl"),
+    "fl": MethodPreset(0.0, 0.0, True, "FedAvg: full models trained locally, averaged each round", "fl"),
+    "ssl": MethodPreset(
+        0.0, 0.0, False, "sequential SL: clients take turns, passing bottom weights on", "ssl"
+    ),
 }
 DEFAULT_ALPHA = 0.5  # the paper's Table 4 SGLR setting
 DEFAULT_PHI = 0.5
@@ -76,7 +88,7 @@ class Phase:
 class RunConfig:
     """Everything that defines one experiment. Field comments give the meaning and default."""
 
-    method: str = "sglr"  # psl | slr | sgl | sglr | sfl
+    method: str = "sglr"  # psl | slr | sgl | sglr | sfl, or a baseline: cl | fl | ssl
     model: str = "alexnet"  # alexnet | resnet16
     dataset: str = "fashion-mnist"  # fashion-mnist | synthetic (benchmarks and tests only)
     partition: str = "iid"  # iid (class-stratified) | dirichlet (label skew)
@@ -88,6 +100,7 @@ class RunConfig:
     alpha: float | None = None  # SplitLr: server_lr = client_lr * C**alpha (None: method default)
     phi: float | None = None  # SplitAvg: fraction of clients averaged per iteration (None: default)
     phase: str = "all"  # when SplitAvg is on: all | initial:F | final:F
+    local_epochs: int = 1  # fl: passes over its own data a client makes per round
     lr: float = 1e-3  # client learning rate eta_c
     optimizer: str = "adam"  # adam (betas 0.9/0.999, as in the paper) | sgd (momentum 0.9)
     seed: int = 0  # seeds model init, partitions, shuffles and active sets
@@ -120,6 +133,7 @@ class RunConfig:
             ("--samples-per-client", self.samples_per_client),
             ("--batch-size", self.batch_size),
             ("--epochs", self.epochs),
+            ("--local-epochs", self.local_epochs),
         ]:
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{flag} must be a positive integer, got {value!r}")
@@ -131,6 +145,8 @@ class RunConfig:
         ]:
             if not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{flag} must be a non-negative integer, got {value!r}")
+        if self.local_epochs != 1 and self.method != "fl":
+            raise ConfigError(f"--local-epochs {self.local_epochs} applies to --method fl only")
         if self.leakage:
             self._check_leakage()
         if not self.lr > 0:
@@ -187,6 +203,8 @@ class RunConfig:
             )
 
     def _check_leakage(self) -> None:
+        if self.preset.full_model:
+            raise ConfigError(f"--leakage needs smashed data; --method {self.method} sends none")
         if not 0 <= self.leakage_client < self.clients:
             raise ConfigError(f"--leakage-client {self.leakage_client} must be in [0, {self.clients - 1}]")
         for flag, value in [("--leakage-aux-samples", self.leakage_aux_samples),
@@ -214,8 +232,20 @@ class RunConfig:
 
     @property
     def steps_per_epoch(self) -> int:
-        # The last partial batch is dropped: SplitAvg needs equal batches.
+        """Batches in one client's partition; a last partial batch is dropped (SplitAvg needs equal ones)."""
         return self.samples_per_client // self.batch_size
+
+    @property
+    def iterations_per_epoch(self) -> int:
+        """Optimizer steps of the whole system in one epoch, as a progress bar counts them."""
+        kind = self.preset.kind
+        if kind == "cl":  # one model, batches of b over the union of the partitions
+            return self.clients * self.samples_per_client // self.batch_size
+        if kind == "ssl":  # clients take turns
+            return self.clients * self.steps_per_epoch
+        if kind == "fl":  # clients train in parallel, local_epochs passes each
+            return self.local_epochs * self.steps_per_epoch
+        return self.steps_per_epoch
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

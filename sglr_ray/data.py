@@ -70,6 +70,15 @@ class ImageSet:
     def writable_copy(self) -> ImageSet:
         return ImageSet(self.images.copy(), self.labels.copy())
 
+    @classmethod
+    def union(cls, parts: list[ImageSet]) -> ImageSet:
+        return cls(np.concatenate([p.images for p in parts]), np.concatenate([p.labels for p in parts]))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the raw images and labels: what CL's clients upload once."""
+        return self.images.nbytes + self.labels.nbytes
+
 
 @dataclass
 class PreparedData:

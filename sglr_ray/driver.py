@@ -21,7 +21,7 @@ from sglr_ray.config import RunConfig, check_writable
 from sglr_ray.data import PreparedData, prepare_data, to_model_input
 from sglr_ray.energy import EnergyMeter, open_meter
 from sglr_ray.flops import EpochFlops, epoch_flops
-from sglr_ray.models import SPLIT_MODELS
+from sglr_ray.models import SPLIT_MODELS, bottom_state_nbytes
 from sglr_ray.results import ResultsWriter, make_run_id
 from sglr_ray.server import CommLedger
 
@@ -58,44 +58,98 @@ class EpochResult:
     energy_j: float | None  # measured over the training part of the epoch; None without a meter
 
 
-ProgressFn = Callable[[int, int, float], None]  # (epoch, steps done, running loss)
+ProgressFn = Callable[[int, int, float], None]  # (epoch, iterations done, running loss)
+Participants = list[tuple[Any, list[int] | None]]  # (shard, its clients taking part, None = all)
 
 
-def train_epoch(ex: Executor, config: RunConfig, epoch: int, progress: ProgressFn | None = None) -> float:
-    """Steps 1-6 of SPEC section 2, `steps_per_epoch` times. Returns the mean training loss."""
+def train_steps(
+    ex: Executor,
+    config: RunConfig,
+    epoch: int,
+    participants: Participants,
+    progress: ProgressFn | None = None,
+    done_before: int = 0,
+) -> tuple[float, int]:
+    """Steps 1-6 of SPEC section 2, `steps_per_epoch` times, for the participating clients.
+
+    Returns (sum of per-sample losses, samples). `done_before` counts iterations
+    of earlier turns in this epoch (SSL), for the progress callback.
+    """  # fmt: skip
     in_flight: deque = deque()
-    loss_sum, samples = 0.0, 0
+    loss_sum, samples, settled = 0.0, 0, 0
 
     def settle_oldest() -> None:
-        nonlocal loss_sum, samples
+        nonlocal loss_sum, samples, settled
         metrics_ref, apply_refs = in_flight.popleft()
         metrics = ex.get(metrics_ref)
         ex.get(apply_refs)  # surfaces a client-side failure at the step it happened
         loss_sum, samples = loss_sum + metrics.loss * metrics.samples, samples + metrics.samples
+        settled += 1
         if progress:
-            progress(epoch, samples // (config.batch_size * config.clients), loss_sum / samples)
+            progress(epoch, done_before + settled, loss_sum / samples)
 
+    shards = [shard for shard, _ in participants]
     for step in range(config.steps_per_epoch):
-        uploads = [ex.call(shard, "forward_batch", epoch, step) for shard in ex.shards]
+        uploads = [ex.call(shard, "forward_batch", epoch, step, ids) for shard, ids in participants]
         metrics, averaged, *deliveries = ex.call(
-            ex.server, "train_step", epoch, step, *uploads, num_returns=len(ex.shards) + 2
+            ex.server, "train_step", epoch, step, *uploads, num_returns=len(uploads) + 2
         )
-        applies = [
-            ex.call(s, "apply_gradient", d, averaged) for s, d in zip(ex.shards, deliveries, strict=True)
-        ]
+        applies = [ex.call(s, "apply_gradient", d, averaged) for s, d in zip(shards, deliveries, strict=True)]
         in_flight.append((metrics, applies))
         if len(in_flight) > MAX_STEPS_IN_FLIGHT:
             settle_oldest()
     while in_flight:
         settle_oldest()
+    return loss_sum, samples
+
+
+def train_epoch(ex: Executor, config: RunConfig, epoch: int, progress: ProgressFn | None = None) -> float:
+    """One epoch of the split engine (PSL, SLR, SGL, SGLR, SFL): every client steps together."""
+    loss_sum, samples = train_steps(ex, config, epoch, [(shard, None) for shard in ex.shards], progress)
+    return loss_sum / samples
+
+
+def shard_of(ex: Executor, client_id: int) -> Any:
+    return next(s for s, ids in zip(ex.shards, ex.shard_client_ids, strict=True) if client_id in ids)
+
+
+def train_sequential_epoch(
+    ex: Executor, config: RunConfig, epoch: int, progress: ProgressFn | None = None
+) -> float:
+    """SSL: clients take turns, one local epoch each with the server; each starts from the
+    bottom weights of the client before it (the last client of the previous epoch, for client 0)."""
+    nbytes = bottom_state_nbytes(config.model)
+    loss_sum, samples = 0.0, 0
+    for client in range(config.clients):
+        previous = (client - 1) % config.clients
+        if epoch > 0 or client > 0:  # weights travel as a reference, shard to shard
+            weights = ex.call(shard_of(ex, previous), "model_state", previous)
+            ex.call(shard_of(ex, client), "load_model_state", weights, [client])
+            ex.call(ex.server, "relay_model", previous, client, nbytes)
+        turn = [(shard_of(ex, client), [client])]
+        turn_loss, turn_samples = train_steps(
+            ex, config, epoch, turn, progress, done_before=client * config.steps_per_epoch
+        )
+        loss_sum, samples = loss_sum + turn_loss, samples + turn_samples
+    return loss_sum / samples
+
+
+def train_local_epoch(
+    ex: Executor, config: RunConfig, epoch: int, progress: ProgressFn | None = None
+) -> float:
+    """CL and FL: each shard trains its clients' whole models on their own data, shards in parallel."""
+    per_shard = ex.get([ex.call(shard, "train_local", epoch) for shard in ex.shards])
+    loss_sum, samples = map(sum, zip(*per_shard, strict=True))
+    if progress:
+        progress(epoch, config.iterations_per_epoch, loss_sum / samples)
     return loss_sum / samples
 
 
 def average_client_models(ex: Executor) -> None:
-    """SFL's end-of-epoch FedAvg of the bottom models, weighted by partition size."""
+    """FedAvg of the clients' models (SFL: bottoms; FL: whole models), weighted by partition size."""
     uploads = [ex.call(shard, "upload_models") for shard in ex.shards]
     mean_state = ex.call(ex.server, "average_client_models", *uploads)
-    ex.get([ex.call(shard, "load_bottom_state", mean_state) for shard in ex.shards])
+    ex.get([ex.call(shard, "load_model_state", mean_state) for shard in ex.shards])
 
 
 def evaluate(ex: Executor, top_state: Any, split: str) -> dict[int, float]:
@@ -104,20 +158,41 @@ def evaluate(ex: Executor, top_state: Any, split: str) -> dict[int, float]:
     return {client_id: acc for shard_acc in per_shard for client_id, acc in shard_acc.items()}
 
 
+def evaluate_models(ex: Executor, config: RunConfig, top_state: Any, split: str) -> dict[int, float]:
+    """Accuracy per client. The split methods evaluate every client's bottom model; the
+    baselines have one current model (CL's; FL's average, which every client holds; the
+    bottom of SSL's last turn), evaluated once and recorded for every client."""
+    if config.preset.kind == "split":
+        return evaluate(ex, top_state, split)
+    holder = 0 if config.preset.full_model else config.clients - 1
+    accuracy = ex.get(ex.call(shard_of(ex, holder), "evaluate", top_state, split, [holder]))[holder]
+    return dict.fromkeys(range(config.clients), accuracy)
+
+
+# How each kind of method trains an epoch (MethodPreset.kind).
+TRAINERS = {
+    "split": train_epoch,
+    "ssl": train_sequential_epoch,
+    "cl": train_local_epoch,
+    "fl": train_local_epoch,
+}
+
+
 def run_epoch(
     ex: Executor, config: RunConfig, epoch: int, progress: ProgressFn | None, meter: EnergyMeter
 ) -> EpochResult:
     started, energy_before = time.perf_counter(), meter.read_j()
     averaging_on = ex.get(ex.call(ex.server, "averaging_on", epoch))
-    train_loss = train_epoch(ex, config, epoch, progress)
+    train_loss = TRAINERS[config.preset.kind](ex, config, epoch, progress)
     if config.preset.average_client_models:
         average_client_models(ex)
     comm = ex.get(ex.call(ex.server, "pop_epoch_comm"))
     trained, energy_after = time.perf_counter(), meter.read_j()
-    top_state = ex.call(ex.server, "top_state")  # fetched once, sent to every shard
-    val_acc = evaluate(ex, top_state, "val")
+    # Fetched once, sent to every shard; the whole-model baselines need no server weights.
+    top_state = None if config.preset.full_model else ex.call(ex.server, "top_state")
+    val_acc = evaluate_models(ex, config, top_state, "val")
     last = epoch == config.epochs - 1
-    test_acc = evaluate(ex, top_state, "test") if (last or config.test_each_epoch) else None
+    test_acc = evaluate_models(ex, config, top_state, "test") if (last or config.test_each_epoch) else None
     return EpochResult(
         epoch, train_loss, val_acc, test_acc, comm, averaging_on,
         train_wall_s=trained - started, eval_wall_s=time.perf_counter() - trained,
@@ -136,9 +211,9 @@ def attack_client(ex: Executor, config: RunConfig, data: PreparedData) -> tuple:
     from sglr_ray import leakage
 
     client = config.leakage_client
-    shard = next(s for s, ids in zip(ex.shards, ex.shard_client_ids, strict=True) if client in ids)
+    shard = shard_of(ex, client)
     bottom = SPLIT_MODELS[config.model].build_bottom()
-    bottom.load_state_dict(ex.get(ex.call(shard, "bottom_state", client)))
+    bottom.load_state_dict(ex.get(ex.call(shard, "model_state", client)))
     aux = to_model_input(data.spare.images[: config.leakage_aux_samples])
     targets = to_model_input(data.test.images)
     return leakage.measure_leakage(
@@ -186,6 +261,9 @@ def run_experiment(
     results: list[EpochResult] = []
     try:
         writer.start(executor=ex.name, clients_per_actor=ex.clients_per_shard)
+        if config.preset.kind == "cl":  # the clients' raw data goes to the data centre, once (epoch 0)
+            for client, part in enumerate(data.partitions):
+                ex.call(ex.server, "receive_raw_data", client, part.nbytes)
         for epoch in range(config.epochs):
             result = run_epoch(ex, config, epoch, progress, meter)
             results.append(result)

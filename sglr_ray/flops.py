@@ -40,6 +40,17 @@ def top_step_flops(model: str, batch: int) -> int:
     return counter.get_total_flops()
 
 
+@functools.cache
+def full_step_flops(model: str, batch: int) -> int:
+    """CL and FL: forward, loss and backward of the whole model (bottom + top) on one batch."""
+    split = SPLIT_MODELS[model]
+    full = torch.nn.Sequential(split.build_bottom(), split.build_top())
+    x = torch.zeros(batch, *INPUT_SHAPE)
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(full(x), torch.zeros(batch, dtype=torch.long)).backward()
+    return counter.get_total_flops()
+
+
 @dataclass(frozen=True)
 class EpochFlops:
     per_client: int  # every client runs the same steps on the same batch shape
@@ -52,10 +63,13 @@ class EpochFlops:
 
 
 def epoch_flops(config: RunConfig) -> EpochFlops:
-    """FLOPs of one training epoch of a split method."""
-    steps = config.steps_per_epoch
-    return EpochFlops(
-        per_client=steps * bottom_step_flops(config.model, config.batch_size),
-        server=steps * top_step_flops(config.model, config.batch_size * config.clients),
-        clients=config.clients,
-    )
+    """FLOPs of one training epoch, split between each client and the server (or data centre)."""
+    model, b, c, steps = config.model, config.batch_size, config.clients, config.steps_per_epoch
+    kind = config.preset.kind
+    if kind == "cl":  # the clients compute nothing; one model trains on all the data
+        return EpochFlops(0, config.iterations_per_epoch * full_step_flops(model, b), c)
+    if kind == "fl":  # all compute on the clients; averaging weights is negligible
+        return EpochFlops(config.local_epochs * steps * full_step_flops(model, b), 0, c)
+    if kind == "ssl":  # the server runs each client's turn at batch b
+        return EpochFlops(steps * bottom_step_flops(model, b), c * steps * top_step_flops(model, b), c)
+    return EpochFlops(steps * bottom_step_flops(model, b), steps * top_step_flops(model, b * c), c)

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from sglr_ray.client import ClientShard
+from sglr_ray.client import ClientShard, client_partitions
 from sglr_ray.config import RunConfig
 from sglr_ray.data import PreparedData
 from sglr_ray.placement import shard_clients
@@ -26,11 +26,12 @@ class LocalExecutor:
         # two only agree to the last bit when they run the same thread count.
         torch.set_num_threads(config.torch_threads or os.cpu_count() or 1)
         device = "cuda" if config.gpus_per_client > 0 and torch.cuda.is_available() else "cpu"
-        self.clients_per_shard = config.clients_per_actor or config.clients
-        self.shard_client_ids = shard_clients(config.clients, self.clients_per_shard)
+        partitions = client_partitions(config, data)
+        self.clients_per_shard = config.clients_per_actor or len(partitions)
+        self.shard_client_ids = shard_clients(len(partitions), self.clients_per_shard)
         self.server = Server(config, device)
         self.shards = [
-            ClientShard(config, ids, [data.partitions[i] for i in ids], data.val, data.test, device)
+            ClientShard(config, ids, [partitions[i] for i in ids], data.val, data.test, device)
             for ids in self.shard_client_ids
         ]
 

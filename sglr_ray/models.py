@@ -10,6 +10,7 @@ process it runs in, and the in-process and Ray executors must agree exactly.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -127,6 +128,17 @@ def seeded(build: Callable[[], nn.Module], seed: int) -> nn.Module:
         return build()
 
 
+def build_client_model(model: str, seed: int, full: bool) -> nn.Module:
+    """A client's starting model: the bottom half, or for cl/fl the whole model.
+
+    The whole model is the bottom seeded with `seed` followed by the top seeded
+    with seed + 1, so it starts from the very weights the split methods start from.
+    """
+    split = SPLIT_MODELS[model]
+    bottom = seeded(split.build_bottom, seed)
+    return nn.Sequential(bottom, seeded(split.build_top, seed + 1)) if full else bottom
+
+
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -134,6 +146,12 @@ def count_parameters(module: nn.Module) -> int:
 def state_nbytes(module: nn.Module) -> int:
     """Bytes of a module's state dict (parameters and buffers): what a weight transfer moves."""
     return sum(t.numel() * t.element_size() for t in module.state_dict().values())
+
+
+@functools.cache
+def bottom_state_nbytes(model: str) -> int:
+    """Bytes of a client's bottom model weights: what SFL and SSL move per transfer."""
+    return state_nbytes(SPLIT_MODELS[model].build_bottom())
 
 
 def smashed_shape(model: str) -> tuple[int, ...]:

@@ -15,7 +15,7 @@ from typing import Any
 import ray
 import torch
 
-from sglr_ray.client import ClientShard
+from sglr_ray.client import ClientShard, client_partitions
 from sglr_ray.config import RunConfig
 from sglr_ray.data import PreparedData
 from sglr_ray.placement import plan_placement
@@ -35,8 +35,8 @@ class ClientActor:
         torch.set_num_threads(torch_threads)  # Ray sets OMP_NUM_THREADS from num_cpus otherwise
         self.shard = ClientShard(*shard_args)
 
-    def forward_batch(self, epoch: int, step: int) -> Any:
-        return self.shard.forward_batch(epoch, step)
+    def forward_batch(self, epoch: int, step: int, client_ids: Any = None) -> Any:
+        return self.shard.forward_batch(epoch, step, client_ids)
 
     def apply_gradient(self, delivery: Any, averaged_gradient: Any) -> None:
         return self.shard.apply_gradient(delivery, averaged_gradient)
@@ -44,14 +44,17 @@ class ClientActor:
     def upload_models(self) -> Any:
         return self.shard.upload_models()
 
-    def load_bottom_state(self, state: Any) -> None:
-        return self.shard.load_bottom_state(state)
+    def train_local(self, epoch: int) -> tuple[float, int]:
+        return self.shard.train_local(epoch)
 
-    def bottom_state(self, client_id: int) -> Any:
-        return self.shard.bottom_state(client_id)
+    def load_model_state(self, state: Any, client_ids: Any = None) -> None:
+        return self.shard.load_model_state(state, client_ids)
 
-    def evaluate(self, top_state: Any, split: str) -> dict[int, float]:
-        return self.shard.evaluate(top_state, split)
+    def model_state(self, client_id: int) -> Any:
+        return self.shard.model_state(client_id)
+
+    def evaluate(self, top_state: Any, split: str, client_ids: Any = None) -> dict[int, float]:
+        return self.shard.evaluate(top_state, split, client_ids)
 
 
 class ServerActor:
@@ -69,6 +72,12 @@ class ServerActor:
 
     def average_client_models(self, *uploads: Any) -> Any:
         return self.server.average_client_models(*uploads)
+
+    def relay_model(self, from_client: int, to_client: int, nbytes: int) -> None:
+        return self.server.relay_model(from_client, to_client, nbytes)
+
+    def receive_raw_data(self, client_id: int, nbytes: int) -> None:
+        return self.server.receive_raw_data(client_id, nbytes)
 
     def top_state(self) -> Any:
         return self.server.top_state()
@@ -94,8 +103,9 @@ class RayExecutor:
         self._owns_ray = connect()
         self.actors: list[Any] = []
         resources = ray.cluster_resources()
+        partitions = client_partitions(config, data)
         placement = plan_placement(
-            config.clients, config.clients_per_actor, config.torch_threads,
+            len(partitions), config.clients_per_actor, config.torch_threads,
             node_cpus=[n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["Alive"]],
             memory_bytes=resources.get("memory", 8 * 2**30),
         )  # fmt: skip
@@ -112,7 +122,7 @@ class RayExecutor:
         val, test = ray.put(data.val), ray.put(data.test)  # stored once, shared by every shard
         self.shards = []
         for ids in placement.shard_client_ids:
-            partitions = ray.put([data.partitions[i] for i in ids])  # only this shard's clients
+            own = ray.put([partitions[i] for i in ids])  # only this shard's clients' data
             self.shards.append(
                 ray.remote(ClientActor)
                 .options(
@@ -121,7 +131,7 @@ class RayExecutor:
                     scheduling_strategy="SPREAD",  # over the nodes of a cluster, not packed on one
                     **common,
                 )
-                .remote(placement.torch_threads, config, ids, partitions, val, test, device)
+                .remote(placement.torch_threads, config, ids, own, val, test, device)
             )
         self.actors = [self.server, *self.shards]
         self.get([actor.__ray_ready__.remote() for actor in self.actors])  # start-up is not epoch time

@@ -123,6 +123,16 @@ class Server:
                 self.ledger.server_sent += upload.state_nbytes
         return rules.fedavg([(u.weighted_state_sum, u.total_weight) for u in uploads])
 
+    def relay_model(self, from_client: int, to_client: int, nbytes: int) -> None:
+        """SSL: a client's bottom weights go up to the server and on to the next client."""
+        self.ledger.bytes_up[from_client] += nbytes
+        self.ledger.bytes_down[to_client] += nbytes
+        self.ledger.server_sent += nbytes
+
+    def receive_raw_data(self, client_id: int, nbytes: int) -> None:
+        """CL: a client uploads its raw partition once, before training (the cost CL pays for privacy)."""
+        self.ledger.bytes_up[client_id] += nbytes
+
     def top_state(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu().clone() for k, v in self.top.state_dict().items()}
 

@@ -19,7 +19,7 @@ from sglr_ray.server import Server
 
 
 def bottoms(ex: LocalExecutor) -> list[torch.nn.Module]:
-    return [c.bottom for shard in ex.shards for c in shard.clients]
+    return [c.model for shard in ex.shards for c in shard.clients]
 
 
 @pytest.mark.parametrize("model", ["alexnet", "resnet16"])
@@ -126,7 +126,7 @@ def _tensors(obj):
             yield from _tensors(v)
 
 
-@pytest.mark.parametrize("method", ["psl", "sglr", "sfl"])
+@pytest.mark.parametrize("method", ["psl", "sglr", "sfl", "ssl"])
 def test_raw_inputs_never_reach_the_server(tiny_config, tmp_out, monkeypatch, method):
     import sglr_ray.local_executor as local_executor
 
