@@ -17,6 +17,9 @@ from itertools import pairwise
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+
+from sglr_ray.results import EPOCHS_SCHEMA, RUNS_SCHEMA
 
 MB = 1e6
 STATS = ["mean", "std", "n"]
@@ -27,8 +30,8 @@ METHOD_ORDER = ("cl", "fl", "ssl", "psl", "slr", "sgl", "sglr", "sfl")
 # Runs that differ in these answer different questions; a table never averages across them.
 WORKLOAD = ("model", "dataset", "partition", "batch_size", "samples_per_client", "epochs", "lr", "optimizer")
 # A rerun of the same configuration and seed is the same computation: counted once.
-RUN_KEY = (*WORKLOAD, "method", "num_clients", "alpha", "phi", "phase", "seed")
-SETTING = ["method", "C", "alpha", "phi", "phase"]
+RUN_KEY = (*WORKLOAD, "method", "num_clients", "alpha", "phi", "phase", "local_epochs", "seed")
+SETTING = ["method", "C", "alpha", "phi", "phase"]  # + local_epochs where runs differ in it (FL)
 
 Source = str | Path | pd.DataFrame
 
@@ -40,20 +43,23 @@ class MixedWorkloadError(ValueError):
 # ---------------------------------------------------------------- loading
 
 
-def _read_dir(directory: Path) -> pd.DataFrame:
+def _read_dir(directory: Path, schema: pa.Schema | None = None) -> pd.DataFrame:
+    """Every `*.parquet` under `directory` (the writers' temporary files end in .tmp), with every
+    column of `schema`: files written before a column existed get it as missing values."""
     # File by file rather than pd.read_parquet(directory): a dataset read takes the schema of
     # one file, so a column added to newer runs would vanish or break older ones.
     frames = [pd.read_parquet(p) for p in sorted(directory.glob("*.parquet"))]
     frames = [f for f in frames if not f.empty]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if not frames:
+        return schema.empty_table().to_pandas() if schema is not None else pd.DataFrame()
+    table = pd.concat(frames, ignore_index=True)
+    missing = [name for name in (schema.names if schema is not None else []) if name not in table.columns]
+    return table.reindex(columns=[*table.columns, *missing])
 
 
 def load_runs(out: str | Path) -> pd.DataFrame:
     """Every run row under `<out>/runs`, whatever its status (empty frame if none)."""
-    from sglr_ray.results import RUNS_SCHEMA
-
-    runs = _read_dir(Path(out) / "runs")
-    return runs if not runs.empty else RUNS_SCHEMA.empty_table().to_pandas()
+    return _read_dir(Path(out) / "runs", RUNS_SCHEMA)
 
 
 def completed_runs(runs: Source) -> pd.DataFrame:
@@ -80,12 +86,7 @@ def _join_runs(table: pd.DataFrame, runs: pd.DataFrame, completed_only: bool) ->
 
 def load_epochs(out: str | Path, completed_only: bool = True) -> pd.DataFrame:
     """`<out>/epochs` joined with each run's method, C, alpha, phi, phase, seed and workload."""
-    from sglr_ray.results import EPOCHS_SCHEMA
-
-    epochs = _read_dir(Path(out) / "epochs")
-    if epochs.empty:
-        epochs = EPOCHS_SCHEMA.empty_table().to_pandas()
-    return _join_runs(epochs, load_runs(out), completed_only)
+    return _join_runs(_read_dir(Path(out) / "epochs", EPOCHS_SCHEMA), load_runs(out), completed_only)
 
 
 def load_leakage(out: str | Path, completed_only: bool = True) -> pd.DataFrame:
@@ -107,7 +108,8 @@ def split_workloads(runs: Source) -> dict[str, pd.DataFrame]:
 def workload_label(run: pd.Series) -> str:
     return (
         f"{run['model']}, {run['dataset']} ({run['partition']}), {run['samples_per_client']} samples "
-        f"per client, batch {run['batch_size']}, {run['epochs']} epochs, {run['optimizer']} lr {run['lr']:g}"
+        f"per client, batch {run['batch_size']}, {run['epochs']} epoch{'s' if run['epochs'] != 1 else ''}, "
+        f"{run['optimizer']} lr {run['lr']:g}"
     )
 
 
@@ -142,10 +144,21 @@ def setting_label(method: str, num_clients: int, alpha: float, phi: float, phase
 
 
 def setting_labels(frame: pd.DataFrame) -> list[str]:
-    """setting_label of each row of a frame with method, num_clients (or C), alpha, phi and phase."""
+    """setting_label of each row of a frame with method, num_clients (or C), alpha, phi and phase;
+    ' local_epochs=E' added where a row has E other than 1."""
     clients = frame["C"] if "C" in frame.columns else frame["num_clients"]
     rows = zip(frame.method, clients, frame.alpha, frame.phi, frame.phase, strict=True)
-    return [setting_label(*row) for row in rows]
+    labels = [setting_label(*row) for row in rows]
+    local = frame["local_epochs"] if "local_epochs" in frame.columns else [None] * len(labels)
+    return [
+        f"{label} local_epochs={e:g}" if pd.notna(e) and e != 1 else label
+        for label, e in zip(labels, local, strict=True)
+    ]
+
+
+def _setting_keys(frame: pd.DataFrame) -> list[str]:
+    varies = "local_epochs" in frame.columns and frame.local_epochs.nunique() > 1
+    return [*SETTING, "local_epochs"] if varies else SETTING
 
 
 # ---------------------------------------------------------------- accuracy grids (Tables 1-3)
@@ -250,7 +263,7 @@ def method_comparison(runs: Source) -> pd.DataFrame:
         mb_per_client=runs.bytes_per_client_mean / MB,
         mb_per_client_epoch=runs.bytes_per_client_mean / MB / runs.epochs_done,
     )
-    grouped = runs.groupby(SETTING, dropna=False)
+    grouped = runs.groupby(_setting_keys(runs), dropna=False)
     table = grouped.acc.agg(acc="mean", acc_std="std", n="count")
     costs = ["client_pflops_mean", "server_pflops", "mb_per_client", "mb_per_client_epoch"]
     table = table.join(grouped[costs].mean().rename(columns={"client_pflops_mean": "client_pflops"}))
@@ -285,7 +298,7 @@ def communication_per_epoch(epochs: Source) -> pd.DataFrame:
         mb_server_sent=epochs.bytes_server_sent / MB,
         mb_per_client=(epochs.bytes_up + epochs.bytes_down) / MB / epochs.num_clients,
     )
-    grouped = epochs.groupby(SETTING, dropna=False)
+    grouped = epochs.groupby(_setting_keys(epochs), dropna=False)
     table = grouped[["mb_up", "mb_down", "mb_server_sent", "mb_per_client"]].mean()
     table["n"] = grouped.seed.nunique()
     return _sort_methods(table)
@@ -392,11 +405,12 @@ def best_per_method(table: pd.DataFrame) -> tuple[int | None, pd.Series]:
     return clients, frame[frame.C.eq(clients)].groupby("method").acc.max()
 
 
-def server_saving_vs_psl(table: pd.DataFrame) -> pd.Series:
+def server_saving(table: pd.DataFrame) -> pd.Series:
     """From communication_per_epoch: per averaging setting (phi > 0), the percentage fewer bytes the
-    server sends per epoch than PSL at the same C (a broadcast replaces unicasts)."""
+    server sends per epoch than the same C without averaging (psl or slr; a broadcast replaces
+    unicasts, and alpha moves no bytes)."""
     frame = table.reset_index()
-    psl = frame[frame.method == "psl"].groupby("C").mb_server_sent.mean()
-    averaged = frame[(frame.phi > 0) & frame.C.isin(psl.index)]
-    saving = 100 * (1 - averaged.mb_server_sent.to_numpy() / psl.loc[averaged.C].to_numpy())
+    plain = frame[frame.method.isin(GRID_METHODS) & (frame.phi == 0)].groupby("C").mb_server_sent.mean()
+    averaged = frame[(frame.phi > 0) & frame.C.isin(plain.index)]
+    saving = 100 * (1 - averaged.mb_server_sent.to_numpy() / plain.loc[averaged.C].to_numpy())
     return pd.Series(saving, index=setting_labels(averaged), dtype=float)

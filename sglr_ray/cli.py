@@ -6,6 +6,8 @@ Examples:
   sglr-ray run --method sfl --clients 10 --epochs 5 --executor ray
   sglr-ray run --config exp.yaml --seed 3        # flags override the file
   sglr-ray sweep --grid grid.yaml --parallel 2   # a grid of runs; completed ones are skipped
+  sglr-ray run --resume out/RUN_ID               # carry on a run whose driver died
+  sglr-ray report results/table4                 # report.md with the paper's tables, and plots
 
 Results go to --out as Parquet (runs/, epochs/, clients/): pandas.read_parquet("out/epochs").
 """
@@ -27,6 +29,7 @@ from sglr_ray.config import METHODS, ConfigError, RunConfig, check_writable
 from sglr_ray.data import DATASETS, DatasetNotFoundError, download_fashion_mnist, find_fashion_mnist
 from sglr_ray.driver import EpochResult, RunOutcome, run_experiment
 from sglr_ray.models import SPLIT_MODELS
+from sglr_ray.results import read_run_settings
 from sglr_ray.summary import format_epoch_line, format_summary
 from sglr_ray.sweep import expand_grid, pending, run_sweep
 
@@ -55,6 +58,8 @@ FLAG_HELP = {
     "clients_per_actor": "clients hosted by one Ray actor (0 = fit the cluster, 1 when resources allow)",
     "gpus_per_client": "fractional GPU requested per client on the Ray executor (0 = CPU)",
     "torch_threads": "torch threads per process or actor (0 = derive from the CPUs available)",
+    "checkpoint_every": "epochs between checkpoints for --resume (0 = none; removed when the run completes)",
+    "max_restarts": "restarts of a dead Ray actor; each replays the epoch in progress from the last epoch",
     "leakage": "after training, measure leakage: a server-side decoder attacks one client's smashed data",
     "leakage_client": "the client whose bottom model is attacked",
     "leakage_aux_samples": "training images no client holds, used by the server to train its decoder",
@@ -80,7 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--grid", type=Path, required=True, help="YAML or TOML file with `base` and `grid`")
     sweep.add_argument("--parallel", type=int, default=1, help="runs at once, each in its own process")
     sweep.add_argument("--dry-run", action="store_true", help="list the runs and stop")
+    report = commands.add_parser("report", help="write report.md and plots/ for a results directory")
+    report.add_argument("out", type=Path, help="results directory (with runs/, epochs/, clients/)")
+    report.add_argument("--path", type=Path, help="where to write the report (default: OUT/report.md)")
     run.add_argument("--config", type=Path, help="YAML or TOML file of run settings; flags override it")
+    run.add_argument(
+        "--resume", type=Path, metavar="OUT/RUN_ID",
+        help="carry on the run recorded as OUT/runs/RUN_ID.parquet from its last checkpoint, "
+        "with its own settings",
+    )  # fmt: skip
     run.add_argument("-v", "--verbose", action="store_true", help="log what the executors do")
     for f in dataclasses.fields(RunConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -145,6 +158,20 @@ def run_grid(path: Path, parallel: int, dry_run: bool) -> int:
     return 0
 
 
+def resumed_config(args: argparse.Namespace) -> RunConfig:
+    """The recorded configuration of the run named by --resume OUT/RUN_ID."""
+    given = [
+        f"--{f.name.replace('_', '-')}"
+        for f in dataclasses.fields(RunConfig)
+        if getattr(args, f.name) is not None
+    ]
+    if args.config or given:
+        raise ConfigError(f"--resume uses the run's recorded settings; drop {', '.join(given) or '--config'}")
+    out, run_id = args.resume.parent, args.resume.name
+    settings = read_run_settings(str(out), run_id)
+    return RunConfig(**settings | {"out": str(out), "run_id": run_id})
+
+
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     settings = load_config_file(args.config) if args.config else {}
     for f in dataclasses.fields(RunConfig):
@@ -163,14 +190,26 @@ def main(argv: list[str] | None = None) -> int:
         return locate_data(args.download)
     if args.command == "sweep":
         return run_grid(args.grid, args.parallel, args.dry_run)
+    if args.command == "report":
+        return write_report_for(args.out, args.path)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
-        config = config_from_args(args)
-        outcome = run_with_progress(config)
+        config = resumed_config(args) if args.resume else config_from_args(args)
+        outcome = run_with_progress(config, resume=args.resume is not None)
     except (ConfigError, DatasetNotFoundError) as ex:
         print(f"sglr-ray: error: {ex}", file=sys.stderr)
         return 2
     print(format_summary(config, outcome))
+    return 0
+
+
+def write_report_for(out: Path, path: Path | None) -> int:
+    from sglr_ray.report import write_report  # matplotlib and pandas analysis: loaded only here
+
+    if not (out / "runs").is_dir():
+        print(f"sglr-ray: error: {str(out)!r} holds no runs/ directory of results", file=sys.stderr)
+        return 2
+    print(f"report: {write_report(out, path)}")
     return 0
 
 
@@ -185,7 +224,7 @@ def locate_data(download: bool) -> int:
     return 0
 
 
-def run_with_progress(config: RunConfig) -> RunOutcome:
+def run_with_progress(config: RunConfig, resume: bool = False) -> RunOutcome:
     """Run with a progress bar per epoch (on stderr, when it is a terminal) and a line per epoch."""
     bars: dict[int, tqdm] = {}
 
@@ -203,7 +242,7 @@ def run_with_progress(config: RunConfig) -> RunOutcome:
             bars.pop(result.epoch).close()
         print(format_epoch_line(config, result), flush=True)
 
-    return run_experiment(config, progress, on_epoch)
+    return run_experiment(config, progress, on_epoch, resume=resume)
 
 
 if __name__ == "__main__":

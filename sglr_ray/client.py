@@ -10,6 +10,7 @@ whole model and `train_local` trains it on the client's own data.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -170,6 +171,25 @@ class ClientShard:
         """Load `state` into every client of the shard, or only those named."""
         for client in self._select(client_ids):
             client.model.load_state_dict(state)
+
+    # --- checkpoints -------------------------------------------------------------------
+
+    def state(self) -> dict[int, dict]:
+        """Every client's model and optimizer state, copied: what a checkpoint holds."""
+        return {
+            c.client_id: {
+                "model": {k: v.detach().cpu().clone() for k, v in c.model.state_dict().items()},
+                "optimizer": copy.deepcopy(c.optimizer.state_dict()),
+            }
+            for c in self.clients
+        }
+
+    def load_state(self, states: dict[int, dict]) -> None:
+        """Return every client to a checkpointed state; a half-done step is forgotten."""
+        for client in self.clients:
+            client.model.load_state_dict(states[client.client_id]["model"])
+            client.optimizer.load_state_dict(states[client.client_id]["optimizer"])
+        self._pending = []
 
     # --- evaluation ---------------------------------------------------------------------
 

@@ -111,6 +111,8 @@ class RunConfig:
     clients_per_actor: int = 0  # clients per Ray shard actor, 0 = fit the cluster
     gpus_per_client: float = 0.0  # fractional GPU per client (Ray executor), 0 = CPU
     torch_threads: int = 0  # torch threads per process/actor, 0 = derive from the CPUs
+    checkpoint_every: int = 1  # write a resumable checkpoint every N epochs, 0 = never
+    max_restarts: int = 3  # Ray restarts of a dead actor; each replays the epoch in progress
     leakage: bool = False  # after training, attack one client's smashed data with a decoder
     leakage_client: int = 0  # the attacked client
     leakage_aux_samples: int = 5000  # server-owned training images (held by no client) for the decoder
@@ -142,6 +144,8 @@ class RunConfig:
             ("--test-samples", self.test_samples),
             ("--clients-per-actor", self.clients_per_actor),
             ("--torch-threads", self.torch_threads),
+            ("--checkpoint-every", self.checkpoint_every),
+            ("--max-restarts", self.max_restarts),
         ]:
             if not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{flag} must be a non-negative integer, got {value!r}")

@@ -14,12 +14,13 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from statistics import fmean
 from typing import Any, Protocol
 
+from sglr_ray import checkpoint
 from sglr_ray.config import RunConfig, check_writable
 from sglr_ray.data import PreparedData, prepare_data, to_model_input
 from sglr_ray.energy import EnergyMeter, open_meter
+from sglr_ray.errors import ActorLostError
 from sglr_ray.flops import EpochFlops, epoch_flops
 from sglr_ray.models import SPLIT_MODELS, bottom_state_nbytes
 from sglr_ray.results import ResultsWriter, make_run_id
@@ -38,9 +39,11 @@ class Executor(Protocol):
     server: Any  # Server object or its actor handle
     clients_per_shard: int
     shard_client_ids: list[list[int]]
+    partition_nbytes: list[int]  # raw bytes of each client's partition (CL uploads them once)
 
     def call(self, target: Any, method: str, *args: Any, num_returns: int = 1) -> Any: ...
     def get(self, value: Any) -> Any: ...
+    def recover(self) -> None: ...  # wait until restarted actors answer again
     def close(self) -> None: ...
 
 
@@ -56,6 +59,7 @@ class EpochResult:
     eval_wall_s: float
     flops: EpochFlops
     energy_j: float | None  # measured over the training part of the epoch; None without a meter
+    restarts: int = 0  # times the epoch was replayed after an actor died
 
 
 ProgressFn = Callable[[int, int, float], None]  # (epoch, iterations done, running loss)
@@ -138,6 +142,9 @@ def train_local_epoch(
     ex: Executor, config: RunConfig, epoch: int, progress: ProgressFn | None = None
 ) -> float:
     """CL and FL: each shard trains its clients' whole models on their own data, shards in parallel."""
+    if config.preset.kind == "cl" and epoch == 0:  # the clients' raw data goes to the data centre, once
+        for client, nbytes in enumerate(ex.partition_nbytes):
+            ex.call(ex.server, "receive_raw_data", client, nbytes)
     per_shard = ex.get([ex.call(shard, "train_local", epoch) for shard in ex.shards])
     loss_sum, samples = map(sum, zip(*per_shard, strict=True))
     if progress:
@@ -235,45 +242,81 @@ def make_executor(config: RunConfig, data: Any, run_id: str) -> Executor:
 class RunOutcome:
     run_id: str
     paths: dict[str, str]
-    epochs: list[EpochResult]
+    epochs: list[EpochResult]  # the epochs this invocation ran (after the checkpoint, when resumed)
     final_test_acc: float
     wall_s: float
     run_row: dict[str, Any]  # the row recorded in runs/<run_id>.parquet, run totals included
+
+
+def run_epoch_with_recovery(
+    ex: Executor,
+    config: RunConfig,
+    epoch: int,
+    progress: ProgressFn | None,
+    meter: EnergyMeter,
+    snapshot: checkpoint.Snapshot,
+) -> EpochResult:
+    """run_epoch, replayed from `snapshot` (the end of the previous epoch) when an actor dies."""  # fmt: skip
+    for attempt in range(config.max_restarts + 1):
+        try:
+            result = run_epoch(ex, config, epoch, progress, meter)
+            result.restarts = attempt
+            return result
+        except ActorLostError as lost:
+            if attempt == config.max_restarts:
+                raise
+            log.warning("epoch %d: %s; replaying it from the end of epoch %d", epoch, lost, snapshot.epoch)
+            ex.recover()
+            checkpoint.restore(ex, snapshot)
+    raise AssertionError("unreachable")
 
 
 def run_experiment(
     config: RunConfig,
     progress: ProgressFn | None = None,
     on_epoch: Callable[[EpochResult], None] | None = None,
+    resume: bool = False,
 ) -> RunOutcome:
     """Run one experiment end to end and record it under `config.out`.
 
     Results are rewritten after every epoch, so a crash loses at most the epoch
-    in progress, and the run's status says how it ended.
+    in progress, and the run's status says how it ended. With `resume`, the run
+    `config.run_id` carries on from its last checkpoint on disk.
     """
     started = time.perf_counter()
     check_writable(config.out)
     data = prepare_data(config)  # fails on a missing dataset before any Ray work
     run_id = config.run_id or make_run_id(config)
+    saved_path = checkpoint.checkpoint_path(config.out, run_id)
     meter = open_meter()
     writer = ResultsWriter(config.out, run_id, config, data.dataset, meter.source)
     ex = make_executor(config, data, run_id)
     results: list[EpochResult] = []
     try:
+        snapshot = checkpoint.take_snapshot(ex, -1)
+        if resume and saved_path.exists():
+            snapshot = checkpoint.load(saved_path, ex.shard_client_ids)
+            checkpoint.restore(ex, snapshot)
+        if resume:
+            writer.resume(first_epoch=snapshot.epoch + 1)
+        elapsed_before = writer.epoch_rows[-1]["wall_s"] if writer.epoch_rows else 0.0
         writer.start(executor=ex.name, clients_per_actor=ex.clients_per_shard)
-        if config.preset.kind == "cl":  # the clients' raw data goes to the data centre, once (epoch 0)
-            for client, part in enumerate(data.partitions):
-                ex.call(ex.server, "receive_raw_data", client, part.nbytes)
-        for epoch in range(config.epochs):
-            result = run_epoch(ex, config, epoch, progress, meter)
+        for epoch in range(snapshot.epoch + 1, config.epochs):
+            result = run_epoch_with_recovery(ex, config, epoch, progress, meter, snapshot)
             results.append(result)
-            writer.record_epoch(result, wall_s=time.perf_counter() - started)
+            writer.record_epoch(result, wall_s=elapsed_before + time.perf_counter() - started)
+            snapshot = checkpoint.take_snapshot(ex, epoch)
+            if config.checkpoint_every and (epoch + 1) % config.checkpoint_every == 0:
+                checkpoint.save(ex, snapshot, saved_path)
             if on_epoch:
                 on_epoch(result)
         if config.leakage:
             writer.record_leakage(*attack_client(ex, config, data))
-        final = fmean(results[-1].test_acc.values())
-        writer.finish("completed", final_test_acc=final, wall_s=time.perf_counter() - started)
+        final = writer.epoch_rows[-1]["test_acc"]
+        writer.finish(
+            "completed", final_test_acc=final, wall_s=elapsed_before + time.perf_counter() - started
+        )
+        saved_path.unlink(missing_ok=True)  # a completed run has nothing to resume
     except BaseException:
         writer.finish("failed", final_test_acc=None, wall_s=time.perf_counter() - started)
         raise

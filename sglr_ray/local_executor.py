@@ -27,6 +27,7 @@ class LocalExecutor:
         torch.set_num_threads(config.torch_threads or os.cpu_count() or 1)
         device = "cuda" if config.gpus_per_client > 0 and torch.cuda.is_available() else "cpu"
         partitions = client_partitions(config, data)
+        self.partition_nbytes = [p.nbytes for p in data.partitions]
         self.clients_per_shard = config.clients_per_actor or len(partitions)
         self.shard_client_ids = shard_clients(len(partitions), self.clients_per_shard)
         self.server = Server(config, device)
@@ -40,6 +41,9 @@ class LocalExecutor:
 
     def get(self, value: Any) -> Any:
         return value
+
+    def recover(self) -> None:
+        pass  # nothing in-process dies and comes back
 
     def close(self) -> None:
         pass

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Any
 
 import ray
@@ -18,22 +19,55 @@ import torch
 from sglr_ray.client import ClientShard, client_partitions
 from sglr_ray.config import RunConfig
 from sglr_ray.data import PreparedData
+from sglr_ray.errors import ActorLostError, ExecutorError, StaleActorError
 from sglr_ray.placement import plan_placement
 from sglr_ray.server import Server
 
 log = logging.getLogger(__name__)
 
 
-class ExecutorError(RuntimeError):
-    """A Ray actor failed; the cause is chained."""
+__all__ = ["ActorLostError", "ClientActor", "ExecutorError", "RayExecutor", "ServerActor", "connect"]
+RECOVERY_TIMEOUT_S = 120.0  # how long a restarted actor may take to come back
 
 
-class ClientActor:
+class _Host:
+    """What both actors share: one plain object, and a guard against silent restarts.
+
+    Ray rebuilds a dead actor from its constructor arguments, so a restarted
+    actor holds initial weights. Calls that reach it before the driver has
+    restored a snapshot would train on those and corrupt the run without an
+    error; they raise StaleActorError instead, which the driver treats as the
+    loss of the actor.
+    """
+
+    def __init__(self, torch_threads: int, held: Any) -> None:
+        torch.set_num_threads(torch_threads)  # Ray sets OMP_NUM_THREADS from num_cpus otherwise
+        self._held = held
+        self._stale: bool | None = None  # unknown until the first call (see _checked)
+
+    def _checked(self) -> Any:
+        if self._stale is None:
+            # Asked lazily: from inside __init__ this GCS lookup waits about a minute,
+            # as the actor is still being created.
+            self._stale = bool(ray.get_runtime_context().was_current_actor_reconstructed)
+        if self._stale:
+            raise StaleActorError("this actor was restarted and has not been restored from a snapshot")
+        return self._held
+
+    def load_state(self, state: Any) -> None:
+        self._held.load_state(state)
+        self._stale = False
+
+
+class ClientActor(_Host):
     """Hosts one ClientShard in its own process."""
 
     def __init__(self, torch_threads: int, *shard_args: Any) -> None:
-        torch.set_num_threads(torch_threads)  # Ray sets OMP_NUM_THREADS from num_cpus otherwise
-        self.shard = ClientShard(*shard_args)
+        super().__init__(torch_threads, ClientShard(*shard_args))
+
+    @property
+    def shard(self) -> ClientShard:
+        return self._checked()
 
     def forward_batch(self, epoch: int, step: int, client_ids: Any = None) -> Any:
         return self.shard.forward_batch(epoch, step, client_ids)
@@ -56,13 +90,19 @@ class ClientActor:
     def evaluate(self, top_state: Any, split: str, client_ids: Any = None) -> dict[int, float]:
         return self.shard.evaluate(top_state, split, client_ids)
 
+    def state(self) -> Any:
+        return self.shard.state()
 
-class ServerActor:
+
+class ServerActor(_Host):
     """Hosts the Server in its own process."""
 
     def __init__(self, torch_threads: int, *server_args: Any) -> None:
-        torch.set_num_threads(torch_threads)
-        self.server = Server(*server_args)
+        super().__init__(torch_threads, Server(*server_args))
+
+    @property
+    def server(self) -> Server:
+        return self._checked()
 
     def train_step(self, epoch: int, step: int, *uploads: Any) -> tuple:
         return self.server.train_step(epoch, step, *uploads)
@@ -81,6 +121,9 @@ class ServerActor:
 
     def top_state(self) -> Any:
         return self.server.top_state()
+
+    def state(self) -> Any:
+        return self.server.state()
 
     def pop_epoch_comm(self) -> Any:
         return self.server.pop_epoch_comm()
@@ -111,18 +154,27 @@ class RayExecutor:
         )  # fmt: skip
         self.clients_per_shard = placement.clients_per_shard
         self.shard_client_ids = placement.shard_client_ids
+        self.partition_nbytes = [p.nbytes for p in data.partitions]
         on_gpu = config.gpus_per_client > 0
         device = "cuda" if on_gpu else "cpu"
-        common = {"num_cpus": placement.cpus_per_actor, "max_concurrency": 1}
+        # A dead actor is restarted by Ray with its constructor arguments; its calls in
+        # flight fail rather than rerun (max_task_retries=0), and the driver replays the
+        # epoch from the last snapshot (checkpoint.py).
+        common = {
+            "num_cpus": placement.cpus_per_actor, "max_concurrency": 1,
+            "max_restarts": config.max_restarts, "max_task_retries": 0,
+        }  # fmt: skip
         self.server = (
             ray.remote(ServerActor)
             .options(name=f"{run_id}/server", num_gpus=config.gpus_per_client if on_gpu else 0, **common)
             .remote(placement.torch_threads, config, device)
         )
         val, test = ray.put(data.val), ray.put(data.test)  # stored once, shared by every shard
+        self._pinned = [val, test]  # kept alive: a restarted actor is rebuilt from them
         self.shards = []
         for ids in placement.shard_client_ids:
             own = ray.put([partitions[i] for i in ids])  # only this shard's clients' data
+            self._pinned.append(own)
             self.shards.append(
                 ray.remote(ClientActor)
                 .options(
@@ -146,8 +198,27 @@ class RayExecutor:
     def get(self, value: Any) -> Any:
         try:
             return ray.get(value)
+        except ray.exceptions.RayActorError as ex:
+            raise ActorLostError(f"a Ray actor died: {ex}") from ex
         except ray.exceptions.RayError as ex:
+            if isinstance(ex, StaleActorError):  # Ray re-raises the actor's error as both types
+                raise ActorLostError(f"a Ray actor was restarted: {ex}") from ex
             raise ExecutorError(f"a Ray actor failed: {ex}") from ex
+
+    def recover(self) -> None:
+        """Wait until every actor answers again (Ray restarts dead ones, up to max_restarts)."""
+        deadline = time.monotonic() + RECOVERY_TIMEOUT_S
+        for actor in self.actors:
+            while True:
+                try:
+                    ray.get(actor.__ray_ready__.remote(), timeout=10)
+                    break
+                except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as ex:
+                    if time.monotonic() > deadline:
+                        raise ExecutorError(
+                            f"an actor did not come back within {RECOVERY_TIMEOUT_S} s"
+                        ) from ex
+                    time.sleep(0.2)
 
     def close(self) -> None:
         for actor in self.actors:

@@ -10,14 +10,16 @@ sees half a report while a sweep is still adding runs.
 
 from __future__ import annotations
 
-import os
+import math
 from pathlib import Path
 
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from sglr_ray import analysis
 from sglr_ray.analysis import STATS, means
+from sglr_ray.atomic import atomic_path
 
 __all__ = ["markdown_table", "write_report"]
 PAPER = analysis.paper_reference()
@@ -69,15 +71,22 @@ def _tables(runs: pd.DataFrame, epochs: pd.DataFrame, leakage: pd.DataFrame) -> 
     ]
 
 
-def _section(title: str, table: pd.DataFrame, note: str, *rest: str) -> list[str]:
-    return ["", f"### {title}", "", markdown_table(table), "", note, *rest]
+def _section(title: str, table: pd.DataFrame, note: str) -> list[str]:
+    return ["", f"### {title}", "", markdown_table(table), "", note]
+
+
+def _paragraphs(*sentences: str) -> list[str]:
+    """Each non-empty sentence as its own markdown paragraph (a sentence is empty when its
+    comparison has no data)."""
+    return [line for sentence in sentences if sentence for line in ("", sentence)]
 
 
 def _with_paper(ours: pd.DataFrame, paper: pd.DataFrame) -> list[str]:
-    lines = ["", PAPER_NOTE, "", markdown_table(paper)]
+    lines = ["", PAPER_NOTE, "", markdown_table(paper, exact=True)]
     diff = analysis.compare_with_paper(ours, paper)
     if not diff.empty:
-        lines += ["", "Ours minus the paper's, on the cells both have:", "", markdown_table(diff["diff"])]
+        difference = markdown_table(diff["diff"], decimals=2)  # accuracy points
+        lines += ["", "Ours minus the paper's, on the cells both have:", "", difference]
     return lines
 
 
@@ -85,14 +94,14 @@ def _clients_alpha(runs: pd.DataFrame) -> list[str]:
     table = analysis.accuracy_by_clients_alpha(runs)
     if len(table) < 2:  # the question is how accuracy moves with C
         return []
-    cells, note = collapse_stats(table)
-    paper = PAPER["table1"]
+    (cells, note), ours, paper = collapse_stats(table), means(table), PAPER["table1"]
     return [
         *_section("Table 1: accuracy by clients C and SplitLr alpha (phi = 0)", cells, note),
         *_with_paper(table, paper),
-        "",
-        _rises_sentence(means(table), paper, "alpha"),
-        _beats_sentence(means(table), paper, "SplitLr (the best alpha > 0) beats alpha = 0", _is_psl),
+        *_paragraphs(
+            _rises_sentence(ours, paper, "alpha"),
+            _beats_sentence(ours, paper, "SplitLr (the best alpha > 0) beats alpha = 0", _is_psl),
+        ),
     ]
 
 
@@ -104,27 +113,34 @@ def _clients_phi(runs: pd.DataFrame) -> list[str]:
     table = analysis.accuracy_by_clients_phi(runs)
     if len(table) < 2 or not (means(table).columns.get_level_values("phi") > 0).any():
         return []  # without phi > 0 this is Table 1 again
-    cells, note = collapse_stats(table)
-    paper = PAPER["table2"]
+    (cells, note), ours, paper = collapse_stats(table), means(table), PAPER["table2"]
     return [
         *_section("Table 2: accuracy by clients C and (alpha, phi)", cells, note),
         *_with_paper(table, paper),
-        "",
-        _rises_sentence(means(table), paper, "(alpha, phi)"),
-        _beats_sentence(means(table), paper, "SGLR (its best setting) beats PSL (alpha 0, phi 0)", _is_psl),
+        *_paragraphs(
+            _rises_sentence(ours, paper, "(alpha, phi)"),
+            _beats_sentence(ours, paper, "SGLR (its best setting) beats PSL (alpha 0, phi 0)", _is_psl),
+        ),
     ]
 
 
 def _phase(runs: pd.DataFrame) -> list[str]:
     table = analysis.accuracy_by_phase(runs)
-    if table.empty or not (table.index > 1).any():
-        return []
+    if table.empty or not (table.index > 1).any() or table.columns.unique("phase").size < 2:
+        return []  # the question is phased against every-epoch averaging
     cells, note = collapse_stats(table)
-    lines = _section("Table 3: accuracy by clients C and averaging phase (phi = 1)", cells, note, "")
-    for alpha, frame in _by_alpha(means(table)):
-        what = "phased averaging (the best phase) beats averaging every epoch" + alpha
-        lines.append(_beats_sentence(frame, None, what, lambda phase: phase == "all"))
-    return lines
+    what = "Phased averaging (the best phase){} beats averaging every epoch"
+    sentences = [
+        _beats_sentence(frame, None, what.format(alpha), _is_all) for alpha, frame in _by_alpha(means(table))
+    ]
+    return [
+        *_section("Table 3: accuracy by clients C and averaging phase (phi = 1)", cells, note),
+        *_paragraphs(*sentences),
+    ]
+
+
+def _is_all(phase: object) -> bool:
+    return phase == "all"
 
 
 def _by_alpha(table: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
@@ -145,9 +161,8 @@ def _methods(runs: pd.DataFrame) -> list[str]:
         "",
         PAPER_NOTE,
         "",
-        markdown_table(PAPER["table4"]),
-        "",
-        _method_sentence(table, PAPER["table4"]),
+        markdown_table(PAPER["table4"], exact=True),
+        *_paragraphs(_method_sentence(table, PAPER["table4"])),
     ]
 
 
@@ -166,15 +181,15 @@ def _leakage(leakage: pd.DataFrame) -> list[str]:
     if table.empty:
         return []
     cells, note = collapse_stats(table)
+    cells.columns.name = None  # the metric names say enough
     title = "Table 5: information leakage by phi (decoder attack on smashed data)"
     return [
         *_section(title, cells, note + " Higher MSE, lower PSNR/SSIM: less leakage."),
         "",
         "The paper's reconstruction loss (6 clients; its own scale, so compare the trend only):",
         "",
-        markdown_table(PAPER["table5"]),
-        "",
-        _leakage_sentence(means(table), PAPER["table5"]),
+        markdown_table(PAPER["table5"], exact=True),
+        *_paragraphs(_leakage_sentence(means(table), PAPER["table5"])),
     ]
 
 
@@ -183,24 +198,50 @@ def _communication(epochs: pd.DataFrame) -> list[str]:
     if table.empty:
         return []
     title = "Communication per epoch (MB, all clients; per client: up + down)"
-    note = "Mean over epochs and seeds; n: seeds. Server-sent counts a broadcast once."
-    return [*_section(title, table, note), "", _server_saving_sentence(table)]
+    note = "Mean over epochs and seeds. Server-sent counts a broadcast once."
+    shown = table.rename(columns=_COMM_NAMES)
+    return [*_section(title, shown, note), *_paragraphs(_server_saving_sentence(table))]
+
+
+_COMM_NAMES = {
+    "mb_up": "MB up", "mb_down": "MB down", "mb_server_sent": "MB sent by server",
+    "mb_per_client": "MB per client", "n": "seeds",
+}  # fmt: skip
 
 
 # ---------------------------------------------------------------- markdown
 
 
-def markdown_table(frame: pd.DataFrame) -> str:
+def markdown_table(frame: pd.DataFrame, exact: bool = False, decimals: int | None = None) -> str:
     """A GitHub markdown table: a named index becomes the leading columns; tuple column labels are
-    written 'alpha=0.5, phi=0.25'; floats get 2 decimals (3 significant digits below 0.1)."""
+    written 'alpha=0.5, phi=0.25'. Each float column gets one number of decimals (`decimals`, or
+    `_decimals` of the column); `exact` writes floats as given instead (the paper's figures)."""
     named = any(name is not None for name in frame.index.names)
     headers = [str(name) for name in frame.index.names] if named else []
     headers += [_header(label, frame.columns.names) for label in frame.columns]
+    columns = [_formatter(frame.iloc[:, i], exact, decimals) for i in range(frame.shape[1])]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for key, values in zip(frame.index, frame.itertuples(index=False, name=None), strict=True):
         keys = [_label(k) for k in (key if isinstance(key, tuple) else (key,))] if named else []
-        lines.append("| " + " | ".join(keys + [_number(v) for v in values]) + " |")
+        cells = [write(v) for write, v in zip(columns, values, strict=True)]
+        lines.append("| " + " | ".join(keys + cells) + " |")
     return "\n".join(lines)
+
+
+def _formatter(column: pd.Series, exact: bool, decimals: int | None):
+    if column.dtype.kind != "f":
+        return str
+    decimals = _decimals(column) if decimals is None else decimals
+    return lambda v: "" if pd.isna(v) else (f"{v:g}" if exact else f"{v:.{decimals}f}")
+
+
+def _decimals(values: pd.Series) -> int:
+    """Enough decimals for 3 significant digits of the column's smallest non-zero value, 2 to 6:
+    accuracies get 2, an MSE of 0.0041 gets 5."""
+    nonzero = values.abs()[values.abs() > 0].dropna()
+    if nonzero.empty:
+        return 2
+    return int(min(6, max(2, 2 - math.floor(math.log10(nonzero.min())))))
 
 
 def _header(label: object, names: list) -> str:
@@ -212,14 +253,6 @@ def _label(value: object) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _number(value: object) -> str:
-    if not isinstance(value, float):
-        return str(value)
-    if pd.isna(value):
-        return ""
-    return f"{value:.2f}" if abs(value) >= 0.1 or value == 0 else f"{value:.3g}"
-
-
 def collapse_stats(table: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     """A table with a `stat` column level as text cells 'mean ± std', and a note saying over how
     many seeds (cells carry '(n)' when that differs between cells)."""
@@ -227,14 +260,15 @@ def collapse_stats(table: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     counts = {int(k) for k in n.to_numpy().ravel() if not pd.isna(k)}
     show_n = len(counts) > 1
 
-    def cell(m: float, s: float, k: float) -> str:
+    def cell(m: float, s: float, k: float, decimals: int) -> str:
         if pd.isna(m):
             return ""
-        text = _number(float(m)) + ("" if pd.isna(s) else f" ± {_number(float(s))}")
+        text = f"{m:.{decimals}f}" + ("" if pd.isna(s) else f" ± {s:.{decimals}f}")
         return text + (f" ({int(k)})" if show_n else "")
 
+    decimals = [_decimals(mean[c]) for c in mean.columns]
     rows = zip(mean.to_numpy(), std.to_numpy(), n.to_numpy(), strict=True)
-    cells = [[cell(*c) for c in zip(*row, strict=True)] for row in rows]
+    cells = [[cell(*c) for c in zip(*row, decimals, strict=True)] for row in rows]
     if show_n:
         note = "Mean ± std over seeds; the number of seeds in brackets."
     elif counts == {1}:
@@ -312,15 +346,14 @@ def _leakage_sentence(ours: pd.DataFrame, paper: pd.DataFrame) -> str:
 
 
 def _server_saving_sentence(table: pd.DataFrame) -> str:
-    saving = analysis.server_saving_vs_psl(table)
+    saving = analysis.server_saving(table)
     if saving.empty:
         return ""
     verdict = "yes" if (saving > 0).all() else "no"
-    return (
-        f"SplitAvg's broadcast cuts the bytes the server sends per epoch, against PSL at the same C: "
-        f"{verdict} "
-        f"(from {saving.min():.1f}% with {saving.idxmin()} to {saving.max():.1f}% with {saving.idxmax()})."
-    )
+    ends = saving if len(saving) <= 4 else saving.sort_values().iloc[[0, -1]]  # a sweep: the extremes
+    shown = "; ".join(f"{label}: {percent:.1f}% less" for label, percent in ends.items())
+    what = "SplitAvg's broadcast cuts the bytes the server sends per epoch (against phi = 0 at the same C)"
+    return f"{what}: {verdict} ({'from ' if len(saving) > 4 else ''}{shown})."
 
 
 # ---------------------------------------------------------------- plots
@@ -348,9 +381,11 @@ def _plot_epochs(epochs: pd.DataFrame) -> Figure | None:
         return None
     figure = Figure(figsize=(10, 5.5), layout="constrained")
     axes = figure.subplots()
-    for setting in table.columns:
-        axes.plot(table.index, table[setting], marker=".", label=setting)
+    for number, setting in enumerate(table.columns):
+        style = ("-", "--", ":", "-.")[number // 10 % 4]  # the colour cycle repeats every 10 lines
+        axes.plot(table.index, table[setting], marker=".", linestyle=style, label=setting)
     axes.set(xlabel="epoch", ylabel="validation accuracy (%)", title="Validation accuracy, mean over seeds")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     columns = 1 + len(table.columns) // 25  # a sweep has dozens of settings: wrap the legend
     axes.legend(fontsize="x-small", loc="center left", bbox_to_anchor=(1.01, 0.5), ncol=columns)
     return figure
@@ -387,20 +422,10 @@ def _plot_costs(runs: pd.DataFrame) -> Figure | None:
 
 
 def _save_figure_atomic(figure: Figure, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=110)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -14,7 +14,7 @@ directory.
 from __future__ import annotations
 
 import datetime as dt
-import os
+import json
 import secrets
 from pathlib import Path
 from statistics import fmean
@@ -24,8 +24,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sglr_ray import energy
+from sglr_ray.atomic import atomic_path
 from sglr_ray.comm_model import comm_time_s
-from sglr_ray.config import RunConfig
+from sglr_ray.config import ConfigError, RunConfig
 from sglr_ray.version import code_version
 
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 RUNS_SCHEMA = pa.schema([
     ("run_id", pa.string()), ("method", pa.string()), ("model", pa.string()),
     ("dataset", pa.string()), ("partition", pa.string()), ("num_clients", pa.int64()),
-    ("alpha", pa.float64()), ("phi", pa.float64()), ("phase", pa.string()),
+    ("alpha", pa.float64()), ("phi", pa.float64()), ("phase", pa.string()), ("local_epochs", pa.int64()),
     ("batch_size", pa.int64()), ("samples_per_client", pa.int64()), ("epochs", pa.int64()),
     ("seed", pa.int64()), ("lr", pa.float64()), ("server_lr", pa.float64()),
     ("optimizer", pa.string()), ("executor", pa.string()), ("clients_per_actor", pa.int64()),
@@ -42,6 +43,7 @@ RUNS_SCHEMA = pa.schema([
     ("client_pflops_mean", pa.float64()), ("server_pflops", pa.float64()),
     ("bytes_per_client_mean", pa.float64()), ("energy_source", pa.string()), ("energy_j", pa.float64()),
     ("compute_energy_model_j", pa.float64()), ("tx_energy_model_j", pa.float64()),
+    ("restarts", pa.int64()), ("resumes", pa.int64()),
     ("status", pa.string()), ("started_at", pa.string()), ("code_version", pa.string()),
     ("config_json", pa.string()),
 ])  # fmt: skip
@@ -54,6 +56,7 @@ EPOCHS_SCHEMA = pa.schema([
     ("client_flops", pa.int64()), ("server_flops", pa.int64()),
     ("energy_j", pa.float64()), ("energy_source", pa.string()),
     ("compute_energy_model_j", pa.float64()), ("tx_energy_model_j", pa.float64()),
+    ("restarts", pa.int64()),
 ])  # fmt: skip
 CLIENTS_SCHEMA = pa.schema([
     ("run_id", pa.string()), ("epoch", pa.int64()), ("client_id", pa.int64()),
@@ -80,12 +83,19 @@ def make_run_id(config: RunConfig) -> str:
 def write_table_atomic(rows: list[dict[str, Any]], schema: pa.Schema | None, path: Path) -> None:
     """Write `rows` to `path` as Parquet via a temporary file and a rename (schema None: inferred)."""
     table = pa.Table.from_pylist(rows, schema=schema)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+
+def read_run_settings(out: str, run_id: str) -> dict[str, Any]:
+    """The settings a recorded run was started with (for --resume), checked to be resumable."""
+    path = Path(out) / "runs" / f"{run_id}.parquet"
+    if not path.is_file():
+        raise ConfigError(f"--resume {str(Path(out) / run_id)!r}: no run recorded at {str(path)!r}")
+    (row,) = pq.read_table(path, columns=["status", "config_json"]).to_pylist()
+    if row["status"] == "completed":
+        raise ConfigError(f"--resume {str(Path(out) / run_id)!r}: the run has already completed")
+    return json.loads(row["config_json"])
 
 
 class ResultsWriter:
@@ -98,16 +108,31 @@ class ResultsWriter:
         self.run_row: dict[str, Any] = {
             "run_id": run_id, "method": config.method, "model": config.model, "dataset": dataset,
             "partition": config.partition, "num_clients": config.clients, "alpha": config.alpha,
-            "phi": config.phi, "phase": config.phase, "batch_size": config.batch_size,
+            "phi": config.phi, "phase": config.phase, "local_epochs": config.local_epochs,
+            "batch_size": config.batch_size,
             "samples_per_client": config.samples_per_client, "epochs": config.epochs,
             "seed": config.seed, "lr": config.lr, "server_lr": config.server_lr,
             "optimizer": config.optimizer, "executor": config.executor, "epochs_done": 0,
             "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "code_version": code_version(), "config_json": config.to_json(), "status": "running",
-            "energy_source": energy_source,
+            "energy_source": energy_source, "restarts": 0, "resumes": 0,
         }  # fmt: skip
         self.epoch_rows: list[dict[str, Any]] = []
         self.client_rows: list[dict[str, Any]] = []
+
+    def resume(self, first_epoch: int) -> None:
+        """Carry on a run's tables: keep the recorded epochs before `first_epoch` (the
+        checkpoint's) and drop later ones, which the resumed run records again."""
+        tables = {name: pq.read_table(path).to_pylist() for name, path in self.paths.items()}
+        (previous,) = tables["runs"]
+        self.run_row.update(
+            started_at=previous["started_at"], code_version=previous["code_version"],
+            resumes=(previous["resumes"] or 0) + 1,
+        )  # fmt: skip
+        self.epoch_rows = [r for r in tables["epochs"] if r["epoch"] < first_epoch]
+        self.client_rows = [r for r in tables["clients"] if r["epoch"] < first_epoch]
+        if self.epoch_rows:
+            self.run_row.update(epochs_done=len(self.epoch_rows), **self._run_totals())
 
     def start(self, executor: str, clients_per_actor: int) -> None:
         self.run_row.update(executor=executor, clients_per_actor=clients_per_actor)
@@ -130,7 +155,7 @@ class ResultsWriter:
             "client_flops": flops.client_total, "server_flops": flops.server,
             "energy_j": result.energy_j, "energy_source": self.run_row["energy_source"],
             "compute_energy_model_j": (flops.client_total + flops.server) * config.joules_per_flop,
-            "tx_energy_model_j": bits * config.joules_per_bit,
+            "tx_energy_model_j": bits * config.joules_per_bit, "restarts": result.restarts,
         })  # fmt: skip
         for client_id in sorted(result.val_acc):
             self.client_rows.append({
@@ -157,6 +182,7 @@ class ResultsWriter:
             "energy_j": None if None in measured else sum(measured),
             "compute_energy_model_j": sum(e["compute_energy_model_j"] for e in epochs),
             "tx_energy_model_j": sum(e["tx_energy_model_j"] for e in epochs),
+            "restarts": sum(e["restarts"] for e in epochs),
         }
 
     def record_leakage(self, result: Any, originals: Any, reconstructions: Any) -> None:

@@ -11,6 +11,7 @@ crosses the split, in both directions.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -132,6 +133,16 @@ class Server:
     def receive_raw_data(self, client_id: int, nbytes: int) -> None:
         """CL: a client uploads its raw partition once, before training (the cost CL pays for privacy)."""
         self.ledger.bytes_up[client_id] += nbytes
+
+    def state(self) -> dict:
+        """The top model and optimizer state, copied: the server's part of a checkpoint."""
+        return {"top": self.top_state(), "optimizer": copy.deepcopy(self.optimizer.state_dict())}
+
+    def load_state(self, state: dict) -> None:
+        """Return to a checkpoint taken at the end of an epoch; the epoch's byte counts restart."""
+        self.top.load_state_dict(state["top"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.ledger = CommLedger(self.ledger.num_clients)
 
     def top_state(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu().clone() for k, v in self.top.state_dict().items()}

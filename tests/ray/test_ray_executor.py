@@ -66,3 +66,28 @@ def test_actors_are_named_and_gone_after_the_run(ray_session, tiny_config, tmp_o
     run_experiment(tiny_config(executor="ray", clients=4, clients_per_actor=3, out=tmp_out, run_id="named"))
     assert sorted(names) == ["named/clients-0-2", "named/clients-3-3", "named/server"]
     assert not ray.util.list_named_actors()
+
+
+@pytest.mark.parametrize("victim", ["clients-0-1", "server"])
+def test_a_killed_actor_is_restarted_and_its_epoch_replayed(ray_session, tiny_config, tmp_out, victim):
+    config = tiny_config(method="sglr", clients=4, clients_per_actor=2, epochs=3, test_each_epoch=True)
+    local = run_experiment(config.replace(executor="local", out=tmp_out, run_id="local"))
+    killed = []
+
+    def kill_mid_epoch_1(epoch, steps, loss):
+        if epoch == 1 and steps == 2 and not killed:
+            ray.kill(ray.get_actor(f"killed/{victim}"), no_restart=False)  # Ray restarts it
+            killed.append(victim)
+
+    remote = run_experiment(
+        config.replace(executor="ray", out=tmp_out, run_id="killed"), progress=kill_mid_epoch_1
+    )
+    assert killed
+    epochs = pd.read_parquet(f"{tmp_out}/epochs/killed.parquet")
+    assert list(epochs.epoch) == [0, 1, 2] and list(epochs.restarts) == [0, 1, 0]
+    assert pd.read_parquet(f"{tmp_out}/runs/killed.parquet").restarts[0] == 1
+    for a, b in zip(local.epochs, remote.epochs, strict=True):  # the replay changed no number
+        assert b.train_loss == pytest.approx(a.train_loss, abs=1e-6)
+        assert b.val_acc == pytest.approx(a.val_acc, abs=1e-6)
+        assert b.test_acc == pytest.approx(a.test_acc, abs=1e-6)
+        assert (b.comm.bytes_up, b.comm.server_sent) == (a.comm.bytes_up, a.comm.server_sent)

@@ -1,0 +1,100 @@
+"""Checkpoints: replaying an epoch from a snapshot, and resuming a run after the driver died."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from sglr_ray import checkpoint
+from sglr_ray.cli import main
+from sglr_ray.data import prepare_data
+from sglr_ray.driver import run_epoch, run_experiment
+from sglr_ray.energy import NoMeter
+from sglr_ray.local_executor import LocalExecutor
+
+COMPARED = ["epoch", "train_loss", "val_acc", "test_acc", "bytes_up", "bytes_down", "bytes_server_sent"]
+
+
+def epochs_of(out: str, run_id: str) -> pd.DataFrame:
+    return pd.read_parquet(f"{out}/epochs/{run_id}.parquet")[COMPARED]
+
+
+@pytest.mark.parametrize("method", ["sglr", "fl"])
+def test_restoring_a_snapshot_replays_the_epoch_exactly(tiny_config, method):
+    config = tiny_config(method=method, clients=3, clients_per_actor=2, epochs=3)
+    ex = LocalExecutor(config, prepare_data(config))
+    run_epoch(ex, config, 0, None, NoMeter())
+    snapshot = checkpoint.take_snapshot(ex, 0)
+    first = run_epoch(ex, config, 1, None, NoMeter())
+    checkpoint.restore(ex, snapshot)
+    replay = run_epoch(ex, config, 1, None, NoMeter())
+    assert replay.train_loss == first.train_loss and replay.val_acc == first.val_acc
+    assert replay.comm.bytes_up == first.comm.bytes_up  # the ledger restarted with the epoch
+
+
+def test_resume_after_a_crash_records_every_epoch_once_with_uninterrupted_numbers(tiny_config, tmp_out):
+    config = tiny_config(method="sglr", clients=3, epochs=5, checkpoint_every=2, out=tmp_out)
+    run_experiment(config.replace(run_id="whole"))
+
+    def crash_after_epoch_2(result):
+        if result.epoch == 2:
+            raise KeyboardInterrupt  # the driver dies after epoch 2 was recorded
+
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(config.replace(run_id="crashed"), on_epoch=crash_after_epoch_2)
+    runs = pd.read_parquet(f"{tmp_out}/runs/crashed.parquet")
+    assert runs.status[0] == "failed" and runs.epochs_done[0] == 3
+    saved = checkpoint.checkpoint_path(tmp_out, "crashed")
+    assert saved.exists()  # written after epoch 1 (every 2 epochs); epoch 2 will be redone
+
+    outcome = run_experiment(config.replace(run_id="crashed"), resume=True)
+    assert [r.epoch for r in outcome.epochs] == [2, 3, 4]
+    pd.testing.assert_frame_equal(epochs_of(tmp_out, "crashed"), epochs_of(tmp_out, "whole"))
+    runs = pd.read_parquet(f"{tmp_out}/runs/crashed.parquet")
+    assert runs.status[0] == "completed" and runs.resumes[0] == 1 and runs.epochs_done[0] == 5
+    assert not saved.exists()  # a completed run keeps no checkpoint
+    assert len(pd.read_parquet(f"{tmp_out}/clients/crashed.parquet")) == 5 * 3
+
+
+def test_killed_driver_process_resumes_from_the_command_line(tmp_out):
+    args = [
+        "--dataset", "synthetic", "--clients", "2", "--samples-per-client", "200", "--epochs", "4",
+        "--val-samples", "100", "--test-samples", "100", "--torch-threads", "1", "--out", tmp_out,
+    ]  # fmt: skip
+    assert main(["run", *args, "--run-id", "whole"]) == 0
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).parents[2])}
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "sglr_ray.cli", "run", *args, "--run-id", "killed"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    epochs_file = Path(tmp_out) / "epochs" / "killed.parquet"
+    deadline = time.monotonic() + 120
+    while not (epochs_file.exists() and len(pd.read_parquet(epochs_file)) >= 2):
+        assert driver.poll() is None and time.monotonic() < deadline, "driver ended before it was killed"
+        time.sleep(0.05)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    recorded = pd.read_parquet(epochs_file)
+    assert 2 <= len(recorded) < 4, "the kill came too late to test anything"
+    assert pd.read_parquet(f"{tmp_out}/runs/killed.parquet").status[0] == "running"  # no chance to say
+
+    assert main(["run", "--resume", f"{tmp_out}/killed"]) == 0
+    pd.testing.assert_frame_equal(epochs_of(tmp_out, "killed"), epochs_of(tmp_out, "whole"))
+    assert pd.read_parquet(f"{tmp_out}/runs/killed.parquet").status[0] == "completed"
+
+
+def test_resume_refuses_what_it_cannot_resume(tiny_config, tmp_out, capsys):
+    run_experiment(tiny_config(out=tmp_out, run_id="done"))
+    assert main(["run", "--resume", f"{tmp_out}/done"]) == 2
+    assert "the run has already completed" in capsys.readouterr().err
+    assert main(["run", "--resume", f"{tmp_out}/nothing"]) == 2
+    assert f"no run recorded at '{tmp_out}/runs/nothing.parquet'" in capsys.readouterr().err
+    assert main(["run", "--resume", f"{tmp_out}/done", "--epochs", "3"]) == 2
+    assert "drop --epochs" in capsys.readouterr().err
