@@ -78,7 +78,7 @@ def train_steps(
 
     Returns (sum of per-sample losses, samples). `done_before` counts iterations
     of earlier turns in this epoch (SSL), for the progress callback.
-    """  # fmt: skip
+    """
     in_flight: deque = deque()
     loss_sum, samples, settled = 0.0, 0, 0
 
@@ -126,7 +126,7 @@ def train_sequential_epoch(
     loss_sum, samples = 0.0, 0
     for client in range(config.clients):
         previous = (client - 1) % config.clients
-        if epoch > 0 or client > 0:  # weights travel as a reference, shard to shard
+        if previous != client and (epoch > 0 or client > 0):  # a reference, shard to shard
             weights = ex.call(shard_of(ex, previous), "model_state", previous)
             ex.call(shard_of(ex, client), "load_model_state", weights, [client])
             ex.call(ex.server, "relay_model", previous, client, nbytes)
