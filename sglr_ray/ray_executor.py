@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from typing import Any
 
 import ray
@@ -48,8 +49,11 @@ class _Host:
     def _checked(self) -> Any:
         if self._stale is None:
             # Asked lazily: from inside __init__ this GCS lookup waits about a minute,
-            # as the actor is still being created.
-            self._stale = bool(ray.get_runtime_context().was_current_actor_reconstructed)
+            # as the actor is still being created. Ray's property warns about an API it
+            # uses itself; the warning says nothing to our users.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                self._stale = bool(ray.get_runtime_context().was_current_actor_reconstructed)
         if self._stale:
             raise StaleActorError("this actor was restarted and has not been restored from a snapshot")
         return self._held
