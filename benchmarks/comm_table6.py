@@ -18,9 +18,9 @@ import pandas as pd
 from sglr_ray.comm_model import Sizes, expected_epoch_bytes, paper_epoch_bytes
 from sglr_ray.config import RunConfig
 from sglr_ray.driver import run_experiment
+from sglr_ray.markdown import markdown_table
 from sglr_ray.models import SPLIT_MODELS, smashed_shape, state_nbytes
 from sglr_ray.results import write_table_atomic
-from sglr_ray.summary import markdown_table
 
 METHODS = {"psl": {}, "sfl": {}, "sglr": {"alpha": 0.5, "phi": 0.5}}
 
@@ -70,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     command = "  .venv/bin/python benchmarks/comm_table6.py " + " ".join(argv or sys.argv[1:])
     text = (
         f"# Table 6 check: bytes per epoch, {args.clients} clients x {args.samples_per_client} samples, "
-        f"AlexNet, {args.dataset}\n\nCommand:\n\n```\n{command}\n```\n\n" + markdown_table(table) + "\n"
+        f"AlexNet, {args.dataset}\n\nCommand:\n\n```\n{command}\n```\n\n"
+        + markdown_table(table, decimals=2)
+        + "\n"
     )
     (args.out / "table6.md").write_text(text)
     print(text)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import psutil
 
+from sglr_ray.markdown import markdown_table
 from sglr_ray.results import write_table_atomic
-from sglr_ray.summary import markdown_table
 
 OUT_DIR = Path("results/benchmarks")
 
@@ -52,7 +52,7 @@ def write_results(rows: list[dict], name: str, title: str, command: str) -> pd.D
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     table = pd.DataFrame(rows)
     write_table_atomic(rows, None, OUT_DIR / f"{name}.parquet")
-    text = f"# {title}\n\nCommand:\n\n```\n{command}\n```\n\n{markdown_table(table)}\n"
+    text = f"# {title}\n\nCommand:\n\n```\n{command}\n```\n\n{markdown_table(table, decimals=2)}\n"
     (OUT_DIR / f"{name}.md").write_text(text)
     print(text)
     return table

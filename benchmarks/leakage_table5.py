@@ -17,8 +17,8 @@ import pandas as pd
 
 from sglr_ray.config import RunConfig
 from sglr_ray.driver import run_experiment
+from sglr_ray.markdown import markdown_table
 from sglr_ray.results import write_table_atomic
-from sglr_ray.summary import markdown_table
 
 PHIS = [0.0, 0.25, 0.5, 0.75, 1.0]
 PAPER_LOSS = {0.0: 0.2153, 0.25: 0.2142, 0.5: 0.2166, 0.75: 0.2296, 1.0: 0.2759}  # SPEC section 4
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     text = (
         f"# Table 5 analogue: leakage vs phi, 6 clients, {args.model}, {args.epochs} epochs, "
         f"{args.dataset}\n\n"
-        f"Command:\n\n```\n{command}\n```\n\n" + markdown_table(table, digits=4) + "\n"
+        f"Command:\n\n```\n{command}\n```\n\n" + markdown_table(table, decimals=4) + "\n"
     )
     (args.out / "table5.md").write_text(text)
     print(text)

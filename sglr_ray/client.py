@@ -20,7 +20,7 @@ from torch import nn
 from sglr_ray import rules
 from sglr_ray.config import RunConfig
 from sglr_ray.data import ImageSet, PreparedData, epoch_order, to_model_input
-from sglr_ray.models import SPLIT_MODELS, build_client_model, state_nbytes
+from sglr_ray.models import SPLIT_MODELS, build_client_model, state_nbytes, weights_copy
 from sglr_ray.optim import make_optimizer
 from sglr_ray.protocol import GradientDelivery, ModelUpload, SmashedBatch
 
@@ -83,7 +83,8 @@ class ClientShard:
     def _select(self, client_ids: list[int] | None) -> list[Client]:
         if client_ids is None:
             return self.clients
-        chosen = [c for c in self.clients if c.client_id in set(client_ids)]
+        wanted = set(client_ids)
+        chosen = [c for c in self.clients if c.client_id in wanted]
         if len(chosen) != len(client_ids):
             raise ValueError(f"clients {client_ids} are not all in this shard ({self.client_ids})")
         return chosen
@@ -165,7 +166,7 @@ class ClientShard:
     def model_state(self, client_id: int) -> dict[str, torch.Tensor]:
         """One client's model weights (SSL hands them on; the leakage attack freezes them)."""
         (client,) = self._select([client_id])
-        return {k: v.detach().cpu().clone() for k, v in client.model.state_dict().items()}
+        return weights_copy(client.model)
 
     def load_model_state(self, state: dict[str, torch.Tensor], client_ids: list[int] | None = None) -> None:
         """Load `state` into every client of the shard, or only those named."""
@@ -178,7 +179,7 @@ class ClientShard:
         """Every client's model and optimizer state, copied: what a checkpoint holds."""
         return {
             c.client_id: {
-                "model": {k: v.detach().cpu().clone() for k, v in c.model.state_dict().items()},
+                "model": weights_copy(c.model),
                 "optimizer": copy.deepcopy(c.optimizer.state_dict()),
             }
             for c in self.clients

@@ -143,6 +143,11 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def weights_copy(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A detached CPU copy of a module's state dict: what leaves its process or outlives a step."""
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
 def state_nbytes(module: nn.Module) -> int:
     """Bytes of a module's state dict (parameters and buffers): what a weight transfer moves."""
     return sum(t.numel() * t.element_size() for t in module.state_dict().values())

@@ -10,7 +10,6 @@ sees half a report while a sweep is still adding runs.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pandas as pd
@@ -20,8 +19,9 @@ from matplotlib.ticker import MaxNLocator
 from sglr_ray import analysis
 from sglr_ray.analysis import STATS, means
 from sglr_ray.atomic import atomic_path
+from sglr_ray.markdown import column_label, decimals_for, markdown_table
 
-__all__ = ["markdown_table", "write_report"]
+__all__ = ["write_report"]
 PAPER = analysis.paper_reference()
 PAPER_NOTE = "The paper's figures (Fashion-MNIST; ResNet-16 in Tables 1-2, AlexNet, 5 clients in Table 4):"
 
@@ -212,47 +212,6 @@ _COMM_NAMES = {
 # ---------------------------------------------------------------- markdown
 
 
-def markdown_table(frame: pd.DataFrame, exact: bool = False, decimals: int | None = None) -> str:
-    """A GitHub markdown table: a named index becomes the leading columns; tuple column labels are
-    written 'alpha=0.5, phi=0.25'. Each float column gets one number of decimals (`decimals`, or
-    `_decimals` of the column); `exact` writes floats as given instead (the paper's figures)."""
-    named = any(name is not None for name in frame.index.names)
-    headers = [str(name) for name in frame.index.names] if named else []
-    headers += [_header(label, frame.columns.names) for label in frame.columns]
-    columns = [_formatter(frame.iloc[:, i], exact, decimals) for i in range(frame.shape[1])]
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    for key, values in zip(frame.index, frame.itertuples(index=False, name=None), strict=True):
-        keys = [_label(k) for k in (key if isinstance(key, tuple) else (key,))] if named else []
-        cells = [write(v) for write, v in zip(columns, values, strict=True)]
-        lines.append("| " + " | ".join(keys + cells) + " |")
-    return "\n".join(lines)
-
-
-def _formatter(column: pd.Series, exact: bool, decimals: int | None):
-    if column.dtype.kind != "f":
-        return str
-    decimals = _decimals(column) if decimals is None else decimals
-    return lambda v: "" if pd.isna(v) else (f"{v:g}" if exact else f"{v:.{decimals}f}")
-
-
-def _decimals(values: pd.Series) -> int:
-    """Enough decimals for 3 significant digits of the column's smallest non-zero value, 2 to 6:
-    accuracies get 2, an MSE of 0.0041 gets 5."""
-    nonzero = values.abs()[values.abs() > 0].dropna()
-    if nonzero.empty:
-        return 2
-    return int(min(6, max(2, 2 - math.floor(math.log10(nonzero.min())))))
-
-
-def _header(label: object, names: list) -> str:
-    labels = zip(names, label if isinstance(label, tuple) else (label,), strict=True)
-    return ", ".join(_label(v) if name is None else f"{name}={_label(v)}" for name, v in labels)
-
-
-def _label(value: object) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
 def collapse_stats(table: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     """A table with a `stat` column level as text cells 'mean ± std', and a note saying over how
     many seeds (cells carry '(n)' when that differs between cells)."""
@@ -266,7 +225,7 @@ def collapse_stats(table: pd.DataFrame) -> tuple[pd.DataFrame, str]:
         text = f"{m:.{decimals}f}" + ("" if pd.isna(s) else f" ± {s:.{decimals}f}")
         return text + (f" ({int(k)})" if show_n else "")
 
-    decimals = [_decimals(mean[c]) for c in mean.columns]
+    decimals = [decimals_for(mean[c]) for c in mean.columns]
     rows = zip(mean.to_numpy(), std.to_numpy(), n.to_numpy(), strict=True)
     cells = [[cell(*c) for c in zip(*row, decimals, strict=True)] for row in rows]
     if show_n:
@@ -290,7 +249,7 @@ def _drops_text(table: pd.DataFrame) -> str:
     if not drops:
         return "yes"
     shown = [
-        f"{_header(column, table.columns.names)} falls from C={c0} to C={c1}, {v0:.2f} to {v1:.2f}"
+        f"{column_label(column, table.columns.names)} falls from C={c0} to C={c1}, {v0:.2f} to {v1:.2f}"
         for column, c0, c1, v0, v1 in drops[:6]
     ]
     more = f", and {len(drops) - 6} more" if len(drops) > 6 else ""
@@ -310,7 +269,7 @@ def _gain_text(table: pd.DataFrame, is_baseline) -> str:
     if gains.empty:
         return ""
     names = table.columns.names
-    shown = [f"C={c}: {g:+.2f} points with {_header(b, names)}" for c, g, b in gains.itertuples()]
+    shown = [f"C={c}: {g:+.2f} points with {column_label(b, names)}" for c, g, b in gains.itertuples()]
     return ("yes" if (gains.gain > 0).all() else "no") + " (" + "; ".join(shown) + ")"
 
 

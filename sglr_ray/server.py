@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from sglr_ray import rules
 from sglr_ray.config import Phase, RunConfig
-from sglr_ray.models import SPLIT_MODELS, seeded
+from sglr_ray.models import SPLIT_MODELS, seeded, weights_copy
 from sglr_ray.optim import make_optimizer
 from sglr_ray.protocol import GradientDelivery, ModelUpload, SmashedBatch, StepMetrics, tensor_nbytes
 
@@ -145,7 +145,7 @@ class Server:
         self.ledger = CommLedger(self.ledger.num_clients)
 
     def top_state(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().cpu().clone() for k, v in self.top.state_dict().items()}
+        return weights_copy(self.top)
 
     def pop_epoch_comm(self) -> CommLedger:
         """The epoch's byte counts; the ledger starts afresh."""

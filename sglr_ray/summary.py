@@ -70,16 +70,3 @@ def format_summary(config: RunConfig, outcome: RunOutcome) -> str:
         "results: " + ", ".join(outcome.paths.values()),
     ]
     return "\n".join(lines)
-
-
-def markdown_table(frame: pd.DataFrame, digits: int = 2) -> str:
-    """A GitHub-style markdown table (pandas' to_markdown needs an extra package)."""
-
-    def cell(value: object) -> str:
-        if isinstance(value, float):
-            return "" if pd.isna(value) else f"{value:.{digits}f}"
-        return str(value)
-
-    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join(lines)

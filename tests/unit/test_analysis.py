@@ -10,7 +10,8 @@ import pyarrow as pa
 import pytest
 
 from sglr_ray import analysis
-from sglr_ray.report import markdown_table, write_report
+from sglr_ray.markdown import markdown_table
+from sglr_ray.report import write_report
 from sglr_ray.results import CLIENTS_SCHEMA, EPOCHS_SCHEMA, LEAKAGE_SCHEMA, RUNS_SCHEMA, write_table_atomic
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
