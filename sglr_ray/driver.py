@@ -256,19 +256,20 @@ def run_epoch_with_recovery(
     meter: EnergyMeter,
     snapshot: checkpoint.Snapshot,
 ) -> EpochResult:
-    """run_epoch, replayed from `snapshot` (the end of the previous epoch) when an actor dies."""  # fmt: skip
-    for attempt in range(config.max_restarts + 1):
+    """run_epoch, replayed from `snapshot` (the end of the previous epoch) when an actor dies."""
+    restarts = 0
+    while True:
         try:
             result = run_epoch(ex, config, epoch, progress, meter)
-            result.restarts = attempt
+            result.restarts = restarts
             return result
         except ActorLostError as lost:
-            if attempt == config.max_restarts:
+            if restarts == config.max_restarts:
                 raise
+            restarts += 1
             log.warning("epoch %d: %s; replaying it from the end of epoch %d", epoch, lost, snapshot.epoch)
             ex.recover()
             checkpoint.restore(ex, snapshot)
-    raise AssertionError("unreachable")
 
 
 def run_experiment(
@@ -292,11 +293,13 @@ def run_experiment(
     writer = ResultsWriter(config.out, run_id, config, data.dataset, meter.source)
     ex = make_executor(config, data, run_id)
     results: list[EpochResult] = []
+    elapsed_before = 0.0  # wall time of the epochs recorded before a resume
     try:
-        snapshot = checkpoint.take_snapshot(ex, -1)
         if resume and saved_path.exists():
             snapshot = checkpoint.load(saved_path, ex.shard_client_ids)
             checkpoint.restore(ex, snapshot)
+        else:
+            snapshot = checkpoint.take_snapshot(ex, -1)
         if resume:
             writer.resume(first_epoch=snapshot.epoch + 1)
         elapsed_before = writer.epoch_rows[-1]["wall_s"] if writer.epoch_rows else 0.0
@@ -318,7 +321,7 @@ def run_experiment(
         )
         saved_path.unlink(missing_ok=True)  # a completed run has nothing to resume
     except BaseException:
-        writer.finish("failed", final_test_acc=None, wall_s=time.perf_counter() - started)
+        writer.finish("failed", final_test_acc=None, wall_s=elapsed_before + time.perf_counter() - started)
         raise
     finally:
         ex.close()
