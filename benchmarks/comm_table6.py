@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from sglr_ray.comm_model import Sizes, expected_epoch_bytes, paper_epoch_bytes
+from sglr_ray.analysis.markdown import markdown_table
 from sglr_ray.config import RunConfig
-from sglr_ray.driver import run_experiment
-from sglr_ray.markdown import markdown_table
-from sglr_ray.models import SPLIT_MODELS, smashed_shape, state_nbytes
-from sglr_ray.results import write_table_atomic
+from sglr_ray.execution.driver import run_experiment
+from sglr_ray.measure.comm import Sizes, expected_epoch_bytes, paper_epoch_bytes
+from sglr_ray.nodes.models import SPLIT_MODELS, smashed_shape, state_nbytes
+from sglr_ray.results.writer import write_table_atomic
 
 METHODS = {"psl": {}, "sfl": {}, "sglr": {"alpha": 0.5, "phi": 0.5}}
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import psutil
 
-from sglr_ray.markdown import markdown_table
-from sglr_ray.results import write_table_atomic
+from sglr_ray.analysis.markdown import markdown_table
+from sglr_ray.results.writer import write_table_atomic
 
 OUT_DIR = Path("results/benchmarks")
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from sglr_ray.analysis.markdown import markdown_table
 from sglr_ray.config import RunConfig
-from sglr_ray.driver import run_experiment
-from sglr_ray.markdown import markdown_table
-from sglr_ray.results import write_table_atomic
+from sglr_ray.execution.driver import run_experiment
+from sglr_ray.results.writer import write_table_atomic
 
 PHIS = [0.0, 0.25, 0.5, 0.75, 1.0]
 PAPER_LOSS = {0.0: 0.2153, 0.25: 0.2142, 0.5: 0.2166, 0.75: 0.2296, 1.0: 0.2759}  # SPEC section 4

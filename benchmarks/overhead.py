@@ -17,7 +17,7 @@ import ray
 from benchmarks.common import write_results
 from sglr_ray.config import RunConfig
 from sglr_ray.data import prepare_data
-from sglr_ray.driver import make_executor, train_epoch
+from sglr_ray.execution.driver import make_executor, train_epoch
 
 SAMPLES_PER_EPOCH = 4000  # at least; each client has at least 50 samples
 

@@ -25,7 +25,7 @@ from benchmarks.common import write_results
 from benchmarks.overhead import train_samples_per_s
 from sglr_ray.config import RunConfig
 from sglr_ray.data import prepare_data, to_model_input
-from sglr_ray.models import SPLIT_MODELS
+from sglr_ray.nodes.models import SPLIT_MODELS
 
 
 def plain_sglr_samples_per_s(config: RunConfig, data, epochs: int) -> float:

@@ -17,7 +17,7 @@ import ray
 from benchmarks.common import PeakMemory, ray_processes_rss_bytes, write_results
 from sglr_ray.config import RunConfig
 from sglr_ray.data import prepare_data
-from sglr_ray.driver import evaluate, make_executor, train_epoch
+from sglr_ray.execution.driver import evaluate, make_executor, train_epoch
 
 GIB = 2**30
 

@@ -45,8 +45,8 @@ from torch import nn
 from torch.func import functional_call, stack_module_state
 
 from benchmarks.common import write_results
-from sglr_ray.models import INPUT_SHAPE, SPLIT_MODELS, build_client_model, smashed_shape
-from sglr_ray.optim import make_optimizer
+from sglr_ray.nodes.models import INPUT_SHAPE, SPLIT_MODELS, build_client_model, smashed_shape
+from sglr_ray.nodes.optim import make_optimizer
 
 GRAD_TOLERANCE = 1e-5
 LR = 1e-3  # RunConfig's default client learning rate

@@ -25,51 +25,33 @@ import tomllib
 import yaml
 from tqdm import tqdm
 
-from sglr_ray.config import METHODS, ConfigError, RunConfig, check_writable
-from sglr_ray.data import DATASETS, DatasetNotFoundError, download_fashion_mnist, find_fashion_mnist
-from sglr_ray.driver import EpochResult, RunOutcome, run_experiment
-from sglr_ray.models import SPLIT_MODELS
-from sglr_ray.results import read_run_settings
-from sglr_ray.summary import format_epoch_line, format_summary
-from sglr_ray.sweep import expand_grid, pending, run_sweep
+from sglr_ray.config import (
+    ConfigError,
+    RunConfig,
+    check_setting_names,
+    check_writable,
+    config_fields,
+    flag,
+    setting_type,
+)
+from sglr_ray.data import DatasetNotFoundError, download_fashion_mnist, find_fashion_mnist
+from sglr_ray.execution.driver import EpochResult, RunOutcome, run_experiment
+from sglr_ray.execution.sweep import expand_grid, pending, run_sweep
+from sglr_ray.methods import METHODS
+from sglr_ray.results.summary import format_epoch_line, format_summary
+from sglr_ray.results.writer import read_run_settings
 
-# flag -> help text; the default shown comes from RunConfig itself.
-FLAG_HELP = {
-    "method": "method: " + "; ".join(f"{m} = {p.summary}" for m, p in METHODS.items()),
-    "model": f"split model: {', '.join(SPLIT_MODELS)}",
-    "dataset": f"dataset: {', '.join(DATASETS)} (synthetic is for benchmarks and tests only)",
-    "partition": "client partitions: iid (class-stratified) or dirichlet (label skew)",
-    "dirichlet_beta": "Dirichlet concentration for --partition dirichlet (smaller = more skew)",
-    "clients": "number of clients C",
-    "samples_per_client": "training samples in each client's partition",
-    "batch_size": "batch size per client per iteration (b)",
-    "epochs": "training epochs",
-    "alpha": "SplitLr exponent: server_lr = lr * C**alpha (slr, sglr; default 0.5)",
-    "phi": "SplitAvg: fraction of clients whose split-layer gradients are averaged (sgl, sglr; default 0.5)",
-    "phase": "when SplitAvg is on: all, initial:F (first F of the epochs) or final:F (last F)",
-    "local_epochs": "fl only: passes a client makes over its own data per round",
-    "lr": "client learning rate (the server's is lr * C**alpha)",
-    "optimizer": "adam (betas 0.9/0.999) or sgd (momentum 0.9)",
-    "seed": "seed for model init, partitions, shuffling and SplitAvg's active sets",
-    "val_samples": "validation samples per evaluation, a random subset (0 = all 10k)",
-    "test_samples": "test samples per evaluation, a random subset (0 = all 10k)",
-    "test_each_epoch": "evaluate on the test split after every epoch, not only the last",
-    "executor": "local (one process, no Ray) or ray (client shards and server as Ray actors)",
-    "clients_per_actor": "clients hosted by one Ray actor (0 = fit the cluster, 1 when resources allow)",
-    "gpus_per_client": "fractional GPU requested per client on the Ray executor (0 = CPU)",
-    "torch_threads": "torch threads per process or actor (0 = derive from the CPUs available)",
-    "checkpoint_every": "epochs between checkpoints for --resume (0 = none; removed when the run completes)",
-    "max_restarts": "restarts of a dead Ray actor; each replays the epoch in progress from the last epoch",
-    "leakage": "after training, measure leakage: a server-side decoder attacks one client's smashed data",
-    "leakage_client": "the client whose bottom model is attacked",
-    "leakage_aux_samples": "training images no client holds, used by the server to train its decoder",
-    "leakage_epochs": "decoder training epochs",
-    "joules_per_flop": "compute energy model: joules per FLOP (A100 FP32 datasheet figure)",
-    "joules_per_bit": "transmission energy model: joules per bit sent (measured phone Wi-Fi figure)",
-    "link_rate_bps": "link rate R in bit/s for the modelled communication time",
-    "out": "results directory (Parquet tables under runs/, epochs/, clients/)",
-    "run_id": "name of this run's result files (default: generated from method, model, clients, seed, time)",
-}
+METHOD_LIST = "; ".join(f"{name} = {m.summary}" for name, m in METHODS.items())
+
+
+def setting_help(f: dataclasses.Field) -> str:
+    """A flag's help: the setting's declared help, its choices and its default."""
+    text = f.metadata["help"] + (f"; built in: {METHOD_LIST}" if f.name == "method" else "")
+    if f.metadata["choices"] and f.name not in ("model", "dataset"):
+        return f"{text} (default: {f.default!r})"
+    choices = f" (one of: {', '.join(f.metadata['choices'])})" if f.metadata["choices"] else ""
+    default = "method default" if f.default is None else repr(f.default)
+    return f"{text}{choices} (default: {default})"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,15 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
         "with its own settings",
     )  # fmt: skip
     run.add_argument("-v", "--verbose", action="store_true", help="log what the executors do")
-    for f in dataclasses.fields(RunConfig):
-        flag = "--" + f.name.replace("_", "-")
-        default = "method default" if f.default is None else repr(f.default)
-        help_text = f"{FLAG_HELP[f.name]} (default: {default})"
-        if f.type == "bool":
-            run.add_argument(flag, action="store_true", default=None, help=help_text)
+    for f in config_fields():
+        kind = setting_type(f)
+        if kind is bool:
+            run.add_argument(flag(f.name), action="store_true", default=None, help=setting_help(f))
         else:
-            kind = {"int": int, "float": float, "float | None": float}.get(f.type, str)
-            run.add_argument(flag, type=kind, default=None, metavar=f.name.upper(), help=help_text)
+            metavar = f.name.upper()
+            run.add_argument(flag(f.name), type=kind, default=None, metavar=metavar, help=setting_help(f))
     return parser
 
 
@@ -119,19 +99,9 @@ def read_mapping(path: Path, flag: str) -> dict[str, Any]:
     return raw
 
 
-def check_settings(raw: dict[str, Any], where: str) -> dict[str, Any]:
-    """Run settings with '-' in keys turned to '_'; unknown keys are an error naming them."""
-    known = {f.name for f in dataclasses.fields(RunConfig)}
-    settings = {str(k).replace("-", "_"): v for k, v in raw.items()}
-    unknown = sorted(set(settings) - known)
-    if unknown:
-        raise ConfigError(f"{where} has unknown settings: {', '.join(unknown)}")
-    return settings
-
-
 def load_config_file(path: Path) -> dict[str, Any]:
     """Read run settings from YAML or TOML; keys may use '-' or '_'."""
-    return check_settings(read_mapping(path, "--config"), f"--config {str(path)!r}")
+    return check_setting_names(read_mapping(path, "--config"), f"--config {str(path)!r}")
 
 
 def run_grid(path: Path, parallel: int, dry_run: bool) -> int:
@@ -142,8 +112,8 @@ def run_grid(path: Path, parallel: int, dry_run: bool) -> int:
             raise ConfigError(
                 f"--grid {str(path)!r} needs a `grid` mapping (and optional `base`), got {extra}"
             )
-        base = check_settings(raw.get("base") or {}, f"--grid {str(path)!r} base")
-        grid = check_settings(raw["grid"], f"--grid {str(path)!r} grid")
+        base = check_setting_names(raw.get("base") or {}, f"--grid {str(path)!r} base")
+        grid = check_setting_names(raw["grid"], f"--grid {str(path)!r} grid")
         configs = expand_grid(base, grid)
         for out in {c.out for c in configs}:
             check_writable(out)
@@ -160,11 +130,7 @@ def run_grid(path: Path, parallel: int, dry_run: bool) -> int:
 
 def resumed_config(args: argparse.Namespace) -> RunConfig:
     """The recorded configuration of the run named by --resume OUT/RUN_ID."""
-    given = [
-        f"--{f.name.replace('_', '-')}"
-        for f in dataclasses.fields(RunConfig)
-        if getattr(args, f.name) is not None
-    ]
+    given = [f"--{f.name.replace('_', '-')}" for f in config_fields() if getattr(args, f.name) is not None]
     if args.config or given:
         raise ConfigError(f"--resume uses the run's recorded settings; drop {', '.join(given) or '--config'}")
     out, run_id = args.resume.parent, args.resume.name
@@ -174,14 +140,11 @@ def resumed_config(args: argparse.Namespace) -> RunConfig:
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     settings = load_config_file(args.config) if args.config else {}
-    for f in dataclasses.fields(RunConfig):
+    for f in config_fields():
         value = getattr(args, f.name)
         if value is not None:
             settings[f.name] = value
-    try:
-        return RunConfig(**settings)
-    except TypeError as ex:  # a wrongly typed value from the config file
-        raise ConfigError(f"bad setting: {ex}") from ex
+    return RunConfig(**settings)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def write_report_for(out: Path, path: Path | None) -> int:
-    from sglr_ray.report import write_report  # matplotlib and pandas analysis: loaded only here
+    from sglr_ray.analysis.report import write_report  # matplotlib and pandas analysis: loaded only here
 
     if not (out / "runs").is_dir():
         print(f"sglr-ray: error: {str(out)!r} holds no runs/ directory of results", file=sys.stderr)

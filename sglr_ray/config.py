@@ -1,195 +1,211 @@
-"""Typed, frozen run configuration, validated when built.
+"""Every run setting, declared once: type, default, help, range, and whether it changes results.
+
+`RunConfig` is the one declaration. The CLI's flags and help, config-file
+checks, the runs table's columns, a run's identity (`run_key`) and the
+analysis's grouping key (`cell_key`) all derive from its fields, so a new
+setting is one line here.
 
 Every check runs before any data is loaded or any Ray work starts, and every
-error names the field (as its CLI flag) and the value that was refused.
+error names the setting (as its CLI flag) and the value that was refused.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import hashlib
 import json
+import math
 import os
 import re
-from dataclasses import dataclass
+import typing
+from dataclasses import dataclass, field
 from typing import Any
 
 from sglr_ray.data import DATASETS
-from sglr_ray.models import SPLIT_MODELS
+from sglr_ray.methods import Method, MethodNotFoundError, get_method
+from sglr_ray.methods.phase import Phase, PhaseError
+from sglr_ray.methods.sglr import split_lr
+from sglr_ray.nodes.models import SPLIT_MODELS
+from sglr_ray.nodes.optim import LrSchedule
 
 
 class ConfigError(ValueError):
     """A configuration value is out of range or inconsistent with another."""
 
 
-# The split methods are presets over three knobs of one engine (SPEC section 2);
-# cl, fl and ssl are the baselines, each with its own way of training an epoch.
-# `alpha` / `phi` = None means "the user may set it" (with the default shown);
-# a number means the method fixes it.
-@dataclass(frozen=True)
-class MethodPreset:
-    alpha: float | None  # SplitLr exponent, fixed, or None when free
-    phi: float | None  # SplitAvg fraction, fixed, or None when free
-    average_client_models: bool  # FedAvg of the clients' models after each epoch (SFL, FL)
-    summary: str
-    kind: str = "split"  # split (the PSL engine) | cl | fl | ssl
-
-    @property
-    def full_model(self) -> bool:
-        """Whether a client holds the whole model (bottom + top) instead of a bottom model."""
-        return self.kind in ("cl", "fl")
-
-
-METHODS: dict[str, MethodPreset] = {
-    "psl": MethodPreset(0.0, 0.0, False, "parallel split learning"),
-    "slr": MethodPreset(None, 0.0, False, "PSL + SplitLr"),
-    "sgl": MethodPreset(0.0, None, False, "PSL + SplitAvg"),
-    "sglr": MethodPreset(None, None, False, "PSL + SplitLr + SplitAvg"),
-    "sfl": MethodPreset(0.0, 0.0, True, "SplitFed: PSL + FedAvg of bottom models"),
-    "cl": MethodPreset(0.0, 0.0, False, "centralized: one full model on all clients' data", "cl"),
-    "fl": MethodPreset(0.0, 0.0, True, "FedAvg: full models trained locally, averaged each round", "fl"),
-    "ssl": MethodPreset(
-        0.0, 0.0, False, "sequential SL: clients take turns, passing bottom weights on", "ssl"
-    ),
-}
 DEFAULT_ALPHA = 0.5  # the paper's Table 4 SGLR setting
 DEFAULT_PHI = 0.5
-OPTIMIZERS = ("adam", "sgd")
-PARTITIONS = ("iid", "dirichlet")
-EXECUTORS = ("local", "ray")
-_PHASE_RE = re.compile(r"^(all|(initial|final):(\d*\.?\d+))$")
+MAX_SEED = 2**32 - 1  # numpy's seed range
 
 
-@dataclass(frozen=True)
-class Phase:
-    """When SplitAvg is switched on: every epoch, the first F, or the last F of them."""
+def setting(
+    default: Any,
+    help: str,
+    *,
+    identity: bool = True,
+    choices: tuple | None = None,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+) -> Any:
+    """A RunConfig field with its metadata.
 
-    kind: str  # "all", "initial" or "final"
-    fraction: float = 1.0
-
-    @classmethod
-    def parse(cls, text: str) -> Phase:
-        match = _PHASE_RE.match(text.strip())
-        if not match:
-            raise ConfigError(
-                f"--phase {text!r} is malformed: use 'all', 'initial:F' or 'final:F' with F in (0, 1]"
-            )
-        if match.group(1) == "all":
-            return cls("all")
-        fraction = float(match.group(3))
-        if not 0.0 < fraction <= 1.0:
-            raise ConfigError(f"--phase {text!r}: fraction {fraction} must be in (0, 1]")
-        return cls(match.group(2), fraction)
-
-    def __str__(self) -> str:
-        return "all" if self.kind == "all" else f"{self.kind}:{self.fraction:g}"
+    identity: whether the setting can change a recorded number; those settings
+      make up a run's identity. Where and how a run executes (executor, threads,
+      checkpoints) cannot, by design: the executors are checked to agree.
+    low/high: inclusive bounds (low_open: strictly greater than low).
+    """
+    meta = {"help": help, "identity": identity, "choices": choices, "low": low, "high": high,
+            "low_open": low_open}  # fmt: skip
+    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything that defines one experiment. Field comments give the meaning and default."""
+    """Everything that defines one experiment."""
 
-    method: str = "sglr"  # psl | slr | sgl | sglr | sfl, or a baseline: cl | fl | ssl
-    model: str = "alexnet"  # alexnet | resnet16
-    dataset: str = "fashion-mnist"  # fashion-mnist | synthetic (benchmarks and tests only)
-    partition: str = "iid"  # iid (class-stratified) | dirichlet (label skew)
-    dirichlet_beta: float = 0.5  # concentration for --partition dirichlet; smaller = more skew
-    clients: int = 5  # C, number of clients
-    samples_per_client: int = 1000  # |D_i|
-    batch_size: int = 8  # b, per client per iteration
-    epochs: int = 2  # E
-    alpha: float | None = None  # SplitLr: server_lr = client_lr * C**alpha (None: method default)
-    phi: float | None = None  # SplitAvg: fraction of clients averaged per iteration (None: default)
-    phase: str = "all"  # when SplitAvg is on: all | initial:F | final:F
-    local_epochs: int = 1  # fl: passes over its own data a client makes per round
-    lr: float = 1e-3  # client learning rate eta_c
-    optimizer: str = "adam"  # adam (betas 0.9/0.999, as in the paper) | sgd (momentum 0.9)
-    seed: int = 0  # seeds model init, partitions, shuffles and active sets
-    val_samples: int = 0  # validation samples per evaluation, 0 = the whole split (10k)
-    test_samples: int = 0  # test samples per evaluation, 0 = the whole split (10k)
-    test_each_epoch: bool = False  # evaluate on the test split every epoch, not only the last
-    executor: str = "local"  # local (one process, no Ray) | ray
-    clients_per_actor: int = 0  # clients per Ray shard actor, 0 = fit the cluster
-    gpus_per_client: float = 0.0  # fractional GPU per client (Ray executor), 0 = CPU
-    torch_threads: int = 0  # torch threads per process/actor, 0 = derive from the CPUs
-    checkpoint_every: int = 1  # write a resumable checkpoint every N epochs, 0 = never
-    max_restarts: int = 3  # Ray restarts of a dead actor; each replays the epoch in progress
-    leakage: bool = False  # after training, attack one client's smashed data with a decoder
-    leakage_client: int = 0  # the attacked client
-    leakage_aux_samples: int = 5000  # server-owned training images (held by no client) for the decoder
-    leakage_epochs: int = 5  # decoder training epochs
-    joules_per_flop: float = 2.05e-11  # compute energy model (energy.py gives the source)
-    joules_per_bit: float = 6.45e-7  # transmission energy model (energy.py gives the source)
-    link_rate_bps: float = 100e6  # shared link rate R for the modelled communication time
-    out: str = "out"  # results directory
-    run_id: str = ""  # name of this run's files, "" = generated
+    # --- what is trained -------------------------------------------------------------
+    method: str = setting(
+        "sglr", "learning method, or FILE.py:NAME for your own (see examples/custom_method.py)"
+    )
+    model: str = setting("alexnet", "split model", choices=tuple(SPLIT_MODELS))
+    dataset: str = setting(
+        "fashion-mnist", "dataset (synthetic is for benchmarks and tests only)", choices=tuple(DATASETS)
+    )
+    partition: str = setting(
+        "iid", "client partitions: iid (class-stratified) or dirichlet (label skew)",
+        choices=("iid", "dirichlet"),
+    )  # fmt: skip
+    dirichlet_beta: float = setting(
+        0.5, "Dirichlet concentration for --partition dirichlet (smaller = more skew)", low=0, low_open=True
+    )
+    clients: int = setting(5, "number of clients C", low=1)
+    samples_per_client: int = setting(1000, "training samples in each client's partition", low=1)
+    batch_size: int = setting(8, "batch size per client per iteration (b)", low=1)
+    epochs: int = setting(2, "training epochs", low=1)
+    alpha: float | None = setting(
+        None, f"SplitLr exponent: server_lr = lr * C**alpha (default {DEFAULT_ALPHA} where the method "
+        "takes it)", low=0,
+    )  # fmt: skip
+    phi: float | None = setting(
+        None, f"SplitAvg: fraction of clients whose split-layer gradients are averaged "
+        f"(default {DEFAULT_PHI} where the method takes it)", low=0, high=1,
+    )  # fmt: skip
+    phase: str = setting("all", "when SplitAvg is on: all, initial:F (first ceil(F*E) epochs) or final:F")
+    local_epochs: int = setting(1, "fl only: passes a client makes over its own data per round", low=1)
+    lr: float = setting(1e-3, "client learning rate (the server's is lr * C**alpha)", low=0, low_open=True)
+    optimizer: str = setting("adam", "adam (betas 0.9/0.999) or sgd (momentum 0.9)", choices=("adam", "sgd"))
+    lr_schedule: str = setting(
+        "constant", "learning rates over epochs, clients and server alike: constant, or step:F:G (multiply "
+        "by G from epoch floor(F*E) on; the authors' code uses step:0.8:0.1)",
+    )  # fmt: skip
+    precision: str = setting(
+        "fp32", "fp32, or bf16 autocast for forward and backward (weights and optimizer state stay fp32; "
+        "smashed data and gradients travel as bf16)", choices=("fp32", "bf16"),
+    )  # fmt: skip
+    seed: int = setting(0, "seed for model init, partitions, shuffling and SplitAvg's active sets",
+                        low=0, high=MAX_SEED)  # fmt: skip
+    # --- how it is scored --------------------------------------------------------------
+    val_samples: int = setting(
+        2000, "validation images scored after each epoch: a fixed class-balanced subset (0 = all 10k)", low=0
+    )
+    test_samples: int = setting(0, "test images scored: a fixed subset of the test split (0 = all)", low=0)
+    test_each_epoch: bool = setting(False, "score the test subset after every epoch, not only the last")
+    eval_mode: str = setting(
+        "slices", "slices: the subset is split over the clients, each scores its slice (cost independent "
+        "of C); every: every client scores the whole subset (cost C x N)", choices=("slices", "every"),
+    )  # fmt: skip
+    # --- measurement models ------------------------------------------------------------
+    leakage: bool = setting(False, "after training, a server-side decoder attacks one client's smashed data")
+    leakage_client: int = setting(0, "the client whose bottom model is attacked", low=0)
+    leakage_aux_samples: int = setting(
+        5000, "training images no client holds, used by the server to train its decoder", low=1
+    )
+    leakage_epochs: int = setting(5, "decoder training epochs", low=1)
+    joules_per_flop: float = setting(
+        2.05e-11, "compute energy model: joules per FLOP (A100 FP32 datasheet figure)", low=0, low_open=True
+    )
+    joules_per_bit: float = setting(
+        6.45e-7, "transmission energy model: joules per bit sent (phone Wi-Fi figure)", low=0, low_open=True
+    )
+    link_rate_bps: float = setting(
+        100e6, "link rate R in bit/s for the modelled communication time", low=0, low_open=True
+    )
+    # --- where and how it runs (never changes a number) --------------------------------
+    executor: str = setting(
+        "local", "local (one process, no Ray) or ray (client shards and server as Ray actors)",
+        identity=False, choices=("local", "ray"),
+    )  # fmt: skip
+    clients_per_actor: int = setting(
+        0, "clients hosted by one Ray actor (0 = fit the cluster)", identity=False, low=0
+    )
+    gpus_per_client: float = setting(
+        0.0, "fractional GPU requested per client on the Ray executor (0 = CPU)", identity=False, low=0
+    )
+    server_gpus: float = setting(
+        0.0, "GPUs requested by the server actor on the Ray executor (0 = CPU)", identity=False, low=0
+    )
+    device: str = setting(
+        "auto", "auto (cuda where the process was given a GPU and torch sees one, else cpu), cpu or cuda",
+        identity=False, choices=("auto", "cpu", "cuda"),
+    )  # fmt: skip
+    placement_timeout_s: float = setting(
+        60.0, "seconds to wait for an autoscaler to add the resources a run asks for, then fail",
+        identity=False, low=0,
+    )  # fmt: skip
+    torch_threads: int = setting(
+        0, "torch threads per process or actor (0 = derive from the CPUs available)", identity=False, low=0
+    )
+    checkpoint_every: int = setting(
+        1, "epochs between checkpoints for --resume (0 = none; removed when the run completes)",
+        identity=False, low=0,
+    )  # fmt: skip
+    max_restarts: int = setting(
+        3, "restarts of a dead Ray actor; each replays the epoch in progress", identity=False, low=0
+    )
+    out: str = setting("out", "results directory (Parquet tables under runs/, epochs/, clients/)",
+                       identity=False)  # fmt: skip
+    run_id: str = setting(
+        "", "name of this run's result files (default: method, model, clients, seed and a hash of the "
+        "settings)", identity=False,
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
-        _check_choice("--method", self.method, METHODS)
-        _check_choice("--model", self.model, SPLIT_MODELS)
-        _check_choice("--dataset", self.dataset, DATASETS)
-        _check_choice("--partition", self.partition, PARTITIONS)
-        _check_choice("--optimizer", self.optimizer, OPTIMIZERS)
-        _check_choice("--executor", self.executor, EXECUTORS)
-        for flag, value in [
-            ("--clients", self.clients),
-            ("--samples-per-client", self.samples_per_client),
-            ("--batch-size", self.batch_size),
-            ("--epochs", self.epochs),
-            ("--local-epochs", self.local_epochs),
-        ]:
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{flag} must be a positive integer, got {value!r}")
-        for flag, value in [
-            ("--val-samples", self.val_samples),
-            ("--test-samples", self.test_samples),
-            ("--clients-per-actor", self.clients_per_actor),
-            ("--torch-threads", self.torch_threads),
-            ("--checkpoint-every", self.checkpoint_every),
-            ("--max-restarts", self.max_restarts),
-        ]:
-            if not isinstance(value, int) or value < 0:
-                raise ConfigError(f"{flag} must be a non-negative integer, got {value!r}")
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, _checked_value(f, getattr(self, f.name)))
+        try:
+            method = get_method(self.method)
+        except MethodNotFoundError as ex:
+            raise ConfigError(str(ex)) from ex
         if self.local_epochs != 1 and self.method != "fl":
             raise ConfigError(f"--local-epochs {self.local_epochs} applies to --method fl only")
-        if self.leakage:
-            self._check_leakage()
-        if not self.lr > 0:
-            raise ConfigError(f"--lr must be positive, got {self.lr!r}")
-        if not self.dirichlet_beta > 0:
-            raise ConfigError(f"--dirichlet-beta must be positive, got {self.dirichlet_beta!r}")
-        for flag, value in [
-            ("--joules-per-flop", self.joules_per_flop),
-            ("--joules-per-bit", self.joules_per_bit),
-            ("--link-rate-bps", self.link_rate_bps),
-        ]:
-            if not value > 0:
-                raise ConfigError(f"{flag} must be positive, got {value!r}")
-        if self.gpus_per_client < 0:
-            raise ConfigError(f"--gpus-per-client must be >= 0, got {self.gpus_per_client!r}")
         if self.run_id and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.run_id):
             raise ConfigError(f"--run-id {self.run_id!r}: use letters, digits, '.', '_' and '-'")
-        self._check_knobs()
-        Phase.parse(self.phase)
+        try:
+            Phase.parse(self.phase)
+        except PhaseError as ex:
+            raise ConfigError(f"--phase {ex}") from ex
+        try:
+            LrSchedule.parse(self.lr_schedule)
+        except ValueError as ex:
+            raise ConfigError(f"--lr-schedule {ex}") from ex
+        self._resolve_knobs(method)
         self._check_sizes()
+        if self.leakage:
+            self._check_leakage(method)
 
-    def _check_knobs(self) -> None:
-        preset = METHODS[self.method]
-        for flag, value, fixed, default in [
-            ("--alpha", self.alpha, preset.alpha, DEFAULT_ALPHA),
-            ("--phi", self.phi, preset.phi, DEFAULT_PHI),
-        ]:
+    def _resolve_knobs(self, method: Method) -> None:
+        for knob, default in (("alpha", DEFAULT_ALPHA), ("phi", DEFAULT_PHI)):
+            value, fixed = getattr(self, knob), method.fixed.get(knob)
             if value is not None and fixed is not None and value != fixed:
-                free = [m for m, p in METHODS.items() if getattr(p, flag[2:]) is None]
+                free = [m for m, spec in _builtin_methods().items() if spec.takes(knob)]
                 raise ConfigError(
-                    f"{flag} {value} does not apply to --method {self.method}, which fixes it at "
-                    f"{fixed:g}; methods that take {flag}: {', '.join(free)}"
+                    f"--{knob} {value:g} does not apply to --method {self.method}, which fixes it at "
+                    f"{fixed:g}; methods that take --{knob}: {', '.join(free)}"
                 )
             resolved = fixed if fixed is not None else (default if value is None else value)
-            object.__setattr__(self, flag[2:], float(resolved))
-        if self.alpha < 0:
-            raise ConfigError(f"--alpha must be >= 0, got {self.alpha}")
-        if not 0.0 <= self.phi <= 1.0:
-            raise ConfigError(f"--phi must be in [0, 1], got {self.phi}")
+            object.__setattr__(self, knob, float(resolved))
 
     def _check_sizes(self) -> None:
         meta = DATASETS[self.dataset]
@@ -205,16 +221,16 @@ class RunConfig:
                 f"--batch-size {self.batch_size} is larger than a client's partition "
                 f"(--samples-per-client {self.samples_per_client})"
             )
+        for flag, value, limit in [("--val-samples", self.val_samples, meta.val_size),
+                                   ("--test-samples", self.test_samples, meta.test_size)]:  # fmt: skip
+            if value > limit:
+                raise ConfigError(f"{flag} {value} exceeds the {limit} images of that split")
 
-    def _check_leakage(self) -> None:
-        if self.preset.full_model:
+    def _check_leakage(self, method: Method) -> None:
+        if method.full_model:
             raise ConfigError(f"--leakage needs smashed data; --method {self.method} sends none")
-        if not 0 <= self.leakage_client < self.clients:
+        if self.leakage_client >= self.clients:
             raise ConfigError(f"--leakage-client {self.leakage_client} must be in [0, {self.clients - 1}]")
-        for flag, value in [("--leakage-aux-samples", self.leakage_aux_samples),
-                            ("--leakage-epochs", self.leakage_epochs)]:  # fmt: skip
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{flag} must be a positive integer, got {value!r}")
         meta = DATASETS[self.dataset]
         spare = meta.train_pool - self.clients * self.samples_per_client
         if self.leakage_aux_samples > spare:
@@ -226,13 +242,14 @@ class RunConfig:
     # --- derived values ---------------------------------------------------------
 
     @property
-    def preset(self) -> MethodPreset:
-        return METHODS[self.method]
+    def spec(self) -> Method:
+        """The method's declaration (methods/)."""
+        return get_method(self.method)
 
     @property
     def server_lr(self) -> float:
         """SplitLr (SPEC section 2): eta_s = eta_c * C**alpha."""
-        return server_lr(self.lr, self.clients, self.alpha)
+        return split_lr(self.lr, self.clients, self.alpha)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -242,14 +259,28 @@ class RunConfig:
     @property
     def iterations_per_epoch(self) -> int:
         """Optimizer steps of the whole system in one epoch, as a progress bar counts them."""
-        kind = self.preset.kind
-        if kind == "cl":  # one model, batches of b over the union of the partitions
+        spec = self.spec
+        if spec.pooled_data:  # one model, batches of b over the union of the partitions
             return self.clients * self.samples_per_client // self.batch_size
-        if kind == "ssl":  # clients take turns
+        if spec.schedule == "sequential":  # clients take turns
             return self.clients * self.steps_per_epoch
-        if kind == "fl":  # clients train in parallel, local_epochs passes each
+        if spec.schedule == "local":  # clients train in parallel, local_epochs passes each
             return self.local_epochs * self.steps_per_epoch
         return self.steps_per_epoch
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that can change a number: what makes two runs the same run."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata["identity"]}
+
+    @property
+    def run_key(self) -> str:
+        """A short hash of `identity()`: equal exactly when the runs compute the same thing."""
+        return settings_hash(self.identity())
+
+    @property
+    def cell_key(self) -> str:
+        """A short hash of `identity()` without the seed: the runs a table averages over seeds."""
+        return settings_hash({k: v for k, v in self.identity().items() if k != "seed"})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -261,13 +292,74 @@ class RunConfig:
         return dataclasses.replace(self, **changes)
 
 
-def server_lr(client_lr: float, num_clients: int, alpha: float) -> float:
-    """SplitLr: the server's learning rate grows with the number of clients as C**alpha."""
-    return client_lr * num_clients**alpha
+def settings_hash(settings: dict[str, Any]) -> str:
+    """8 hex digits of SHA-256 over the settings as sorted JSON (floats by repr: 0.1 != 0.1000001)."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def _builtin_methods() -> dict[str, Method]:
+    from sglr_ray.methods import METHODS
+
+    return METHODS
 
 
 def config_fields() -> list[dataclasses.Field]:
     return list(dataclasses.fields(RunConfig))
+
+
+def setting_type(f: dataclasses.Field) -> type:
+    """The base Python type of a setting: int, float, str or bool (Optional stripped)."""
+    hint = _HINTS[f.name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _checked_value(f: dataclasses.Field, value: Any) -> Any:
+    """`value` as the setting's type, or a ConfigError naming the setting. Applies to flags
+    and config files alike: a string for a number, 2.5 for a count, nan, out-of-range values."""
+    kind, meta, name = setting_type(f), f.metadata, flag(f.name)
+    if value is None and f.default is None:
+        return None
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be true or false, got {value!r}")
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name} must be an integer, got {value!r}")
+    elif kind is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{name} must be a number, got {value!r}")
+        value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(f"{name} must be a finite number, got {value!r}")
+    elif not isinstance(value, str):
+        raise ConfigError(f"{name} must be a string, got {value!r}")
+    if meta["choices"] and value not in meta["choices"]:
+        raise ConfigError(f"{name} {value!r} is unknown; choose one of: {', '.join(meta['choices'])}")
+    low, high = meta["low"], meta["high"]
+    below = low is not None and (value <= low if meta["low_open"] else value < low)
+    if below or (high is not None and value > high):
+        bounds = [] if low is None else [f"> {low:.12g}" if meta["low_open"] else f">= {low:.12g}"]
+        bounds += [] if high is None else [f"<= {high:.12g}"]
+        raise ConfigError(f"{name} must be {' and '.join(bounds)}, got {value!r}")
+    return value
+
+
+def check_setting_names(settings: dict[str, Any], where: str) -> dict[str, Any]:
+    """Settings with '-' in keys turned to '_'; an unknown key is an error with a did-you-mean."""
+    known = [f.name for f in dataclasses.fields(RunConfig)]
+    settings = {str(k).replace("-", "_"): v for k, v in settings.items()}
+    for key in settings:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{where} has an unknown setting {key!r}{hint}")
+    return settings
 
 
 def check_writable(out: str) -> None:
@@ -282,6 +374,4 @@ def check_writable(out: str) -> None:
         raise ConfigError(f"--out {out!r} is not writable: {ex.strerror or ex}") from ex
 
 
-def _check_choice(flag: str, value: str, allowed: dict | tuple) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{flag} {value!r} is unknown; choose one of: {', '.join(allowed)}")
+_HINTS = typing.get_type_hints(RunConfig)

@@ -10,7 +10,9 @@ Images stay uint8 (28x28) until a batch is drawn; `to_model_input` pads them to
 
 from __future__ import annotations
 
+import functools
 import gzip
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,7 @@ FMNIST_FILES = {
 }
 FMNIST_MEAN, FMNIST_STD = 0.2860, 0.3530
 NUM_CLASSES = 10
+EVAL_SEED = 0xE7A1  # fixes the validation split and both evaluation subsets for every run
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -87,6 +90,8 @@ class PreparedData:
     val: ImageSet
     test: ImageSet
     spare: ImageSet  # training images no client holds: the server's auxiliary data for attacks
+    val_digest: str = ""  # which validation images were scored (see _digest)
+    test_digest: str = ""
 
 
 # --- locating and reading the files --------------------------------------------
@@ -149,8 +154,11 @@ def download_fashion_mnist(root: Path = CACHE_DIR) -> Path:
     return root / "FashionMNIST" / "raw"
 
 
+@functools.cache
 def make_synthetic(info: DatasetInfo = DATASETS["synthetic"], seed: int = 1234) -> tuple[ImageSet, ImageSet]:
-    """Learnable stand-in data: each class is a fixed random blob pattern plus pixel noise."""
+    """Learnable stand-in data: each class is a fixed random blob pattern plus pixel noise.
+
+    Cached (a few seconds to draw); callers only index it, which copies."""
     rng = np.random.default_rng(seed)
     templates = rng.uniform(0, 255, size=(NUM_CLASSES, 7, 7))
     templates = templates.repeat(4, axis=1).repeat(4, axis=2)  # 28 x 28, coarse blobs
@@ -229,12 +237,36 @@ def partition_dirichlet(
     return parts
 
 
+def _digest(indices: np.ndarray) -> str:
+    """8 hex digits identifying a set of image indices (the same images give the same digest)."""
+    return hashlib.sha256(np.asarray(indices, dtype=np.int64).tobytes()).hexdigest()[:8]
+
+
+def balanced_prefix(labels: np.ndarray, size: int) -> np.ndarray:
+    """Positions of the first `size` items of `labels` taken class by class in turn, so every
+    class has size // 10 or one more (the remainder goes to the lowest classes)."""
+    by_class = [np.flatnonzero(labels == c) for c in range(NUM_CLASSES)]
+    counts = [size // NUM_CLASSES + (c < size % NUM_CLASSES) for c in range(NUM_CLASSES)]
+    short = [c for c in range(NUM_CLASSES) if counts[c] > len(by_class[c])]
+    if short:
+        raise ValueError(f"classes {short} have too few images for a balanced subset of {size}")
+    return np.sort(np.concatenate([idx[:n] for idx, n in zip(by_class, counts, strict=True)]))
+
+
 def prepare_data(config) -> PreparedData:  # config: RunConfig (not imported: avoids a cycle)
-    """Load the dataset once and cut it into validation, test and per-client partitions."""
+    """Load the dataset once and cut it into validation, test and per-client partitions.
+
+    The validation split, the validation and test subsets depend on the dataset and
+    their sizes alone, never on C, the method, the partition or the seed: every run
+    of a table is scored on the same images (paired), and the digests say which.
+    """
     info = DATASETS[config.dataset]
     train, test = load_fashion_mnist() if config.dataset == "fashion-mnist" else make_synthetic(info)
-    rng = np.random.default_rng([config.seed, 0xDA7A])
-    val_idx, pool_idx = split_validation(train.labels, info.val_size, rng)
+    fixed = np.random.default_rng(EVAL_SEED)
+    val_idx, pool_idx = split_validation(train.labels, info.val_size, fixed)
+    val_idx = val_idx[balanced_prefix(train.labels[val_idx], config.val_samples or len(val_idx))]
+    test_idx = fixed.permutation(len(test))[: config.test_samples or None]
+    rng = np.random.default_rng([config.seed, 0xDA7A])  # the partitions are the seed's
     pool = train.subset(pool_idx)
     if config.partition == "iid":
         parts = partition_iid(pool.labels, config.clients, config.samples_per_client, rng)
@@ -242,21 +274,28 @@ def prepare_data(config) -> PreparedData:  # config: RunConfig (not imported: av
         parts = partition_dirichlet(
             pool.labels, config.clients, config.samples_per_client, config.dirichlet_beta, rng
         )
-    # Both evaluation sets are in random order, so a prefix is a fair sample of either.
-    val, test = (
-        train.subset(val_idx[: config.val_samples or None]),
-        test.subset(rng.permutation(len(test))[: config.test_samples or None]),
-    )
     spare = np.setdiff1d(np.arange(len(pool)), np.concatenate(parts))
-    return PreparedData(config.dataset, [pool.subset(p) for p in parts], val, test, pool.subset(spare))
+    return PreparedData(
+        config.dataset, [pool.subset(p) for p in parts], train.subset(val_idx), test.subset(test_idx),
+        pool.subset(spare), val_digest=_digest(val_idx), test_digest=_digest(test_idx),
+    )  # fmt: skip
+
+
+def eval_slice(size: int, num_clients: int, client_id: int) -> slice:
+    """Client `client_id`'s disjoint slice of an evaluation subset of `size` images:
+    consecutive, sizes differing by at most one, together covering the subset."""
+    base, extra = divmod(size, num_clients)
+    start = client_id * base + min(client_id, extra)
+    return slice(start, start + base + (client_id < extra))
 
 
 # --- batches -----------------------------------------------------------------------
 
 
 def to_model_input(images: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """uint8 (n, 28, 28) -> normalised float32 (n, 1, 32, 32), zero-padded by 2 pixels."""
-    x = torch.as_tensor(images).float().div_(255.0)
+    """uint8 (n, 28, 28) -> normalised (n, 1, 32, 32) in torch's default dtype (float32, or
+    float64 in the golden tests), padded by 2 pixels of the normalised zero."""
+    x = torch.as_tensor(images).to(torch.get_default_dtype()).div_(255.0)
     x = (x - FMNIST_MEAN) / FMNIST_STD
     return torch.nn.functional.pad(x, (2, 2, 2, 2), value=-FMNIST_MEAN / FMNIST_STD).unsqueeze(1)
 

@@ -90,6 +90,6 @@ def test_job_submit_runs_sglr_on_the_cluster(ray_head, tmp_path):
     assert len(runs) == 1, runs
     assert runs.loc[0, "status"] == "completed", runs.T
     assert runs.loc[0, "executor"] == "ray", runs.T
-    assert runs.loc[0, "method"] == "sglr" and runs.loc[0, "num_clients"] == 3, runs.T
+    assert runs.loc[0, "method"] == "sglr" and runs.loc[0, "clients"] == 3, runs.T
     assert len(epochs) == 1, epochs
     assert (epochs["run_id"] == run_id).all(), epochs

@@ -47,8 +47,8 @@ from ray._private.services import resolve_ip_for_localhost
 from ray._raylet import AuthenticationTokenLoader, Config
 from ray.cluster_utils import Cluster
 
-from sglr_ray import ray_executor
-from sglr_ray.driver import run_experiment
+from sglr_ray.execution import ray_actors as ray_executor
+from sglr_ray.execution.driver import run_experiment
 
 CPUS_PER_NODE = 2
 OBJECT_STORE_BYTES = 200 * 2**20
@@ -206,9 +206,8 @@ def test_shards_spread_over_both_nodes_and_match_the_local_run(two_node_cluster,
     assert len(remote.epochs) == len(local.epochs) == 2
     for r, lo in zip(remote.epochs, local.epochs, strict=True):
         assert r.train_loss == pytest.approx(lo.train_loss, abs=1e-6)
-        assert r.val_acc.keys() == lo.val_acc.keys() == {0, 1, 2, 3}
-        assert r.val_acc == pytest.approx(lo.val_acc, abs=1e-6)
-        assert r.test_acc == pytest.approx(lo.test_acc, abs=1e-6)
+        assert r.val.per_client.keys() == lo.val.per_client.keys() == {0, 1, 2, 3}
+        assert r.val == lo.val and r.test == lo.test
     assert remote.final_test_acc == pytest.approx(local.final_test_acc, abs=1e-6)
 
     # The executor killed its actors: their worker processes exit (the nodes stay up for the next run).

@@ -1,4 +1,4 @@
-"""sglr_ray.analysis and sglr_ray.report on small hand-written results directories (no Ray, no training)."""
+"""sglr_ray.analysis (tables, report) on small hand-written results directories (no Ray, no training)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,16 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from sglr_ray import analysis
-from sglr_ray.markdown import markdown_table
-from sglr_ray.report import write_report
-from sglr_ray.results import CLIENTS_SCHEMA, EPOCHS_SCHEMA, LEAKAGE_SCHEMA, RUNS_SCHEMA, write_table_atomic
+from sglr_ray.analysis import tables as analysis
+from sglr_ray.analysis.markdown import markdown_table
+from sglr_ray.analysis.report import write_report
+from sglr_ray.results.writer import (
+    CLIENTS_SCHEMA,
+    EPOCHS_SCHEMA,
+    LEAKAGE_SCHEMA,
+    RUNS_SCHEMA,
+    write_table_atomic,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 EPOCHS = 3

@@ -8,12 +8,12 @@ import torch
 
 from sglr_ray.config import ConfigError
 from sglr_ray.data import epoch_order, prepare_data, to_model_input
-from sglr_ray.driver import run_epoch, run_experiment
-from sglr_ray.energy import NoMeter
-from sglr_ray.flops import bottom_step_flops, full_step_flops, top_step_flops
-from sglr_ray.local_executor import LocalExecutor
-from sglr_ray.models import SPLIT_MODELS, bottom_state_nbytes, build_client_model, seeded, state_nbytes
-from sglr_ray.optim import make_optimizer
+from sglr_ray.execution.driver import run_epoch, run_experiment
+from sglr_ray.execution.local import LocalExecutor
+from sglr_ray.measure.energy import NoMeter
+from sglr_ray.measure.flops import bottom_step_flops, full_step_flops, top_step_flops
+from sglr_ray.nodes.models import SPLIT_MODELS, bottom_state_nbytes, build_client_model, seeded, state_nbytes
+from sglr_ray.nodes.optim import make_optimizer
 
 
 def models(ex: LocalExecutor) -> list[torch.nn.Module]:
@@ -30,7 +30,7 @@ def test_with_one_client_every_baseline_trains_exactly_like_psl(tiny_config, tmp
     for method in ("cl", "fl", "ssl"):
         for a, b in zip(runs["psl"].epochs, runs[method].epochs, strict=True):
             assert b.train_loss == pytest.approx(a.train_loss, abs=1e-5), method
-            assert b.val_acc == pytest.approx(a.val_acc, abs=1e-6), method
+            assert b.val.per_client == a.val.per_client, method
     assert runs["cl"].final_test_acc == pytest.approx(runs["psl"].final_test_acc, abs=1e-6)
 
 
@@ -44,7 +44,7 @@ def test_cl_trains_one_model_on_the_union_and_pays_raw_data_once(tiny_config, tm
     raw = [p.images.nbytes + p.labels.nbytes for p in data.partitions]
     assert first.comm.bytes_up == raw and first.comm.bytes_down == [0, 0, 0]
     assert sum(second.comm.bytes_up) == 0 and second.comm.server_sent == 0
-    assert len(set(first.val_acc.values())) == 1 and set(first.val_acc) == {0, 1, 2}
+    assert len(set(first.val.per_client.values())) == 1 and set(first.val.per_client) == {0, 1, 2}
     # All compute is in the data centre, batch b over the union's 96 samples.
     assert first.flops.per_client == 0
     assert first.flops.server == (96 // 8) * full_step_flops(config.model, 8)
@@ -139,7 +139,7 @@ def test_baselines_write_the_shared_results_schema(tiny_config, tmp_out):
     "settings, message",
     [
         ({"method": "sglr", "local_epochs": 2}, "--local-epochs 2 applies to --method fl only"),
-        ({"method": "fl", "local_epochs": 0}, "--local-epochs must be a positive integer, got 0"),
+        ({"method": "fl", "local_epochs": 0}, "--local-epochs must be >= 1, got 0"),
         ({"method": "cl", "leakage": True}, "--leakage needs smashed data; --method cl sends none"),
         ({"method": "fl", "phi": 0.5}, "--phi 0.5 does not apply to --method fl"),
     ],

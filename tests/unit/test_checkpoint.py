@@ -12,12 +12,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from sglr_ray import checkpoint
 from sglr_ray.cli import main
 from sglr_ray.data import prepare_data
-from sglr_ray.driver import run_epoch, run_experiment
-from sglr_ray.energy import NoMeter
-from sglr_ray.local_executor import LocalExecutor
+from sglr_ray.execution import checkpoint
+from sglr_ray.execution.driver import run_epoch, run_experiment
+from sglr_ray.execution.local import LocalExecutor
+from sglr_ray.measure.energy import NoMeter
 
 COMPARED = ["epoch", "train_loss", "val_acc", "test_acc", "bytes_up", "bytes_down", "bytes_server_sent"]
 
@@ -35,7 +35,7 @@ def test_restoring_a_snapshot_replays_the_epoch_exactly(tiny_config, method):
     first = run_epoch(ex, config, 1, None, NoMeter())
     checkpoint.restore(ex, snapshot)
     replay = run_epoch(ex, config, 1, None, NoMeter())
-    assert replay.train_loss == first.train_loss and replay.val_acc == first.val_acc
+    assert replay.train_loss == first.train_loss and replay.val == first.val
     assert replay.comm.bytes_up == first.comm.bytes_up  # the ledger restarted with the epoch
 
 

@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from sglr_ray.data import epoch_order, prepare_data, to_model_input
-from sglr_ray.driver import average_client_models, run_epoch, run_experiment, train_epoch
-from sglr_ray.energy import NoMeter
-from sglr_ray.local_executor import LocalExecutor
-from sglr_ray.models import SPLIT_MODELS, seeded
-from sglr_ray.optim import make_optimizer
-from sglr_ray.protocol import tensor_nbytes
-from sglr_ray.server import Server
+from sglr_ray.execution.driver import average_client_models, run_epoch, run_experiment, train_epoch
+from sglr_ray.execution.local import LocalExecutor
+from sglr_ray.measure.energy import NoMeter
+from sglr_ray.nodes.models import SPLIT_MODELS, seeded
+from sglr_ray.nodes.optim import make_optimizer
+from sglr_ray.nodes.protocol import tensor_nbytes
+from sglr_ray.nodes.server import Server
 
 
 def bottoms(ex: LocalExecutor) -> list[torch.nn.Module]:
@@ -128,7 +128,7 @@ def _tensors(obj):
 
 @pytest.mark.parametrize("method", ["psl", "sglr", "sfl", "ssl"])
 def test_raw_inputs_never_reach_the_server(tiny_config, tmp_out, monkeypatch, method):
-    import sglr_ray.local_executor as local_executor
+    import sglr_ray.execution.local as local_executor
 
     RecordingServer.received = []
     monkeypatch.setattr(local_executor, "Server", RecordingServer)
@@ -150,16 +150,16 @@ def test_raw_inputs_never_reach_the_server(tiny_config, tmp_out, monkeypatch, me
 def test_crash_mid_run_leaves_complete_tables_and_failed_status(tiny_config, tmp_out, monkeypatch):
     import pandas as pd
 
-    from sglr_ray import client
+    from sglr_ray.nodes import client
 
     calls = {"n": 0}
     real = client.ClientShard.evaluate
 
-    def evaluate_then_crash(self, top_state, split):
+    def evaluate_then_crash(self, *args):
         calls["n"] += 1
         if calls["n"] > 1:  # epoch 0's validation passes, epoch 1's fails
             raise RuntimeError("simulated crash")
-        return real(self, top_state, split)
+        return real(self, *args)
 
     monkeypatch.setattr(client.ClientShard, "evaluate", evaluate_then_crash)
     with pytest.raises(RuntimeError, match="simulated crash"):

@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from sglr_ray import leakage
 from sglr_ray.data import DatasetInfo, make_synthetic, to_model_input
-from sglr_ray.leakage import distance_correlation, mse, psnr, ssim
+from sglr_ray.measure import leakage
+from sglr_ray.measure.leakage import distance_correlation, mse, psnr, ssim
 
 # --- metrics against hand-computed values --------------------------------------------
 
@@ -139,7 +139,7 @@ def test_decoder_inverts_informative_smashed_data_but_not_noise(images):
     aux, targets = images
     good, orig, recon = leakage.measure_leakage(IdentityLike(), aux, targets, client_id=3, epochs=3)
     bad, _, _ = leakage.measure_leakage(NoiseBottom(), aux, targets, client_id=4, epochs=3)
-    assert orig.shape == recon.shape == (200, 1, 32, 32)
+    assert orig.shape == recon.shape == (200, 1, 28, 28)  # scored on the client's image, unpadded
     assert recon.min() >= 0 and recon.max() <= 1
     assert good.client_id == 3 and good.samples == 200
     assert good.mse < 0.5 * bad.mse

@@ -5,11 +5,12 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from sglr_ray import driver, energy
-from sglr_ray.comm_model import Sizes, comm_time_s, expected_epoch_bytes, paper_epoch_bytes, saving
-from sglr_ray.driver import run_experiment
-from sglr_ray.flops import bottom_step_flops, epoch_flops, top_step_flops
-from sglr_ray.models import SPLIT_MODELS, state_nbytes
+from sglr_ray.execution import driver
+from sglr_ray.execution.driver import run_experiment
+from sglr_ray.measure import energy
+from sglr_ray.measure.comm import Sizes, comm_time_s, expected_epoch_bytes, paper_epoch_bytes, saving
+from sglr_ray.measure.flops import bottom_step_flops, epoch_flops, top_step_flops
+from sglr_ray.nodes.models import SPLIT_MODELS, state_nbytes
 
 ALEXNET_SMASHED_BYTES = 32 * 16 * 16 * 4
 

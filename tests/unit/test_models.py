@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sglr_ray.models import SPLIT_MODELS, count_parameters, seeded
+from sglr_ray.nodes.models import SPLIT_MODELS, count_parameters, seeded
 
 
 @pytest.mark.parametrize("name, bottom_params, top_params", [

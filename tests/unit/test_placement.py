@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sglr_ray.placement import WORKER_MEMORY_BYTES, fit_cpu_request, plan_placement, shard_clients
+from sglr_ray.execution.placement import WORKER_MEMORY_BYTES, fit_cpu_request, plan_placement, shard_clients
 
 GIB = 2**30
 

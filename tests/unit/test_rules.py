@@ -5,31 +5,31 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sglr_ray.config import Phase
-from sglr_ray.rules import (
-    active_set_size,
-    averaging_enabled,
-    fedavg,
-    sample_active_clients,
-    split_layer_average,
-    weighted_state_sum,
-)  # fmt: skip
+from sglr_ray.methods.aggregate import fedavg, weighted_state_sum
+from sglr_ray.methods.phase import Phase
+from sglr_ray.methods.sglr import active_set_size, sample_active_clients, split_layer_average
 
 
-@pytest.mark.parametrize("phase, on_epochs", [
-    ("all", list(range(10))),
-    ("initial:0.4", [0, 1, 2, 3]),  # e < 0.4 * 10
-    ("final:0.4", [6, 7, 8, 9]),  # e >= 0.6 * 10
-    ("initial:0.6", [0, 1, 2, 3, 4, 5]),
-    ("final:0.25", [8, 9]),  # e >= 7.5
+@pytest.mark.parametrize("phase, epochs, on_epochs", [
+    ("all", 10, list(range(10))),
+    ("initial:0.4", 10, [0, 1, 2, 3]),
+    ("final:0.4", 10, [6, 7, 8, 9]),
+    ("initial:0.6", 10, [0, 1, 2, 3, 4, 5]),
+    ("final:0.25", 10, [7, 8, 9]),  # ceil(2.5) = 3
+    ("final:0.7", 10, [3, 4, 5, 6, 7, 8, 9]),  # (1 - 0.7) * 10 = 3.0000000000000004 in floats
+    ("initial:0.4", 6, [0, 1, 2]),  # ceil(2.4) = 3, and the same budget at either end:
+    ("final:0.4", 6, [3, 4, 5]),
+    ("final:0.3", 10, [7, 8, 9]),
+    ("initial:0.29", 100, list(range(29))),  # 0.29 * 100 = 28.999999999999996 in floats
 ])  # fmt: skip
-def test_phase_schedule_switches_at_the_right_epochs(phase, on_epochs):
-    on = [e for e in range(10) if averaging_enabled(Phase.parse(phase), e, 10)]
+def test_phase_schedule_is_ceil_f_times_e_epochs_exactly(phase, epochs, on_epochs):
+    on = [e for e in range(epochs) if Phase.parse(phase).is_on(e, epochs)]
     assert on == on_epochs
 
 
 @pytest.mark.parametrize("phi, clients, size", [
-    (0.0, 10, 0), (0.1, 10, 0), (0.3, 10, 3), (0.5, 5, 2), (0.5, 3, 0), (0.75, 4, 3), (1.0, 20, 20),
+    (0.0, 10, 0), (0.1, 10, 0), (0.3, 10, 3), (0.7, 10, 7), (0.29, 100, 29), (0.57, 100, 57),
+    (0.5, 5, 2), (0.5, 3, 0), (0.75, 4, 3), (1.0, 20, 20),
 ])  # fmt: skip
 def test_active_set_size_is_floor_phi_c_or_none_below_two(phi, clients, size):
     assert active_set_size(phi, clients) == size

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from sglr_ray import cli, sweep
+from sglr_ray import cli
 from sglr_ray.config import ConfigError
+from sglr_ray.execution import sweep
 
 TINY = {"dataset": "synthetic", "samples_per_client": 16, "batch_size": 8, "epochs": 1,
         "val_samples": 50, "test_samples": 50, "torch_threads": 1}  # fmt: skip
@@ -22,7 +23,7 @@ def test_grid_expands_and_drops_knobs_a_method_fixes():
 
 
 def test_bad_combination_is_refused_naming_it():
-    with pytest.raises(ConfigError, match=r"grid combination \{'phi': 1.5\}: --phi must be in \[0, 1\]"):
+    with pytest.raises(ConfigError, match=r"grid combination \{'phi': 1.5\}: --phi must be >= 0 and <= 1"):
         sweep.expand_grid(TINY, {"phi": [0.5, 1.5]})
 
 
@@ -36,9 +37,17 @@ def test_sweep_runs_each_config_once_and_skips_completed(tmp_path, monkeypatch, 
     assert cli.main(["sweep", "--grid", str(grid_file)]) == 0
     first = capsys.readouterr().out
     assert first.count("completed ") == 2 and first.count("todo ") == 2
-    assert sweep.completed_runs(str(tmp_path / "out")) == {
-        "psl-alexnet-c2-a0-p0-all-s0", "sgl-alexnet-c2-a0-p1-all-s0",
-    }  # fmt: skip
+    configs = sweep.expand_grid(
+        {"dataset": "synthetic", "samples_per_client": 16, "epochs": 1, "val_samples": 50, "test_samples": 50,
+         "torch_threads": 1, "out": str(tmp_path / "out")},
+        {"method": ["psl", "sgl"], "clients": [2], "phi": [1.0]},
+    )  # fmt: skip
+    names = {c.run_id for c in configs}
+    assert sweep.completed_runs(str(tmp_path / "out")) == names
+    assert {n.rsplit("-", 1)[0] for n in names} == {
+        "psl-alexnet-c2-s0-a0-p0-all",
+        "sgl-alexnet-c2-s0-a0-p1-all",
+    }
 
     def must_not_run(config):
         raise AssertionError(f"re-ran {config.run_id}")
@@ -53,7 +62,7 @@ def test_bad_grid_file_exits_2(tmp_path, capsys):
     grid_file = tmp_path / "grid.toml"
     grid_file.write_text("[grid]\nlearning_rate = [0.1]\n")
     assert cli.main(["sweep", "--grid", str(grid_file)]) == 2
-    assert "grid has unknown settings: learning_rate" in capsys.readouterr().err
+    assert "grid has an unknown setting 'learning_rate'" in capsys.readouterr().err
 
 
 def test_parallel_sweep_runs_in_separate_processes(tmp_path):

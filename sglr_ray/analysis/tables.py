@@ -5,7 +5,7 @@ counts completed runs only, and returns accuracies in percent. Where seeds
 repeat, grid tables carry a `stat` column level (mean, std over seeds, n seeds);
 `means(table)` drops it to the paper's shape.
 
-  from sglr_ray import analysis
+  from sglr_ray.analysis import tables as analysis
   runs = analysis.load_runs("results/table12")
   analysis.compare_with_paper(analysis.accuracy_by_clients_alpha(runs), analysis.paper_reference()["table1"])
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
-from sglr_ray.results import EPOCHS_SCHEMA, RUNS_SCHEMA
+from sglr_ray.results.writer import EPOCHS_SCHEMA, RUNS_SCHEMA
 
 MB = 1e6
 STATS = ["mean", "std", "n"]

@@ -22,7 +22,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sglr_ray.data import FMNIST_MEAN, FMNIST_STD
-from sglr_ray.models import seeded
+from sglr_ray.nodes.models import seeded
+
+IMAGE_SIZE = 28  # what a client holds; models see it zero-padded to 32x32
 
 _CHUNK = 256  # inference batch size: bounds memory without slowing anything down
 
@@ -201,6 +203,12 @@ class LeakageResult:
         return asdict(self)
 
 
+def crop_to_client_image(images: Tensor) -> Tensor:
+    """(n, 1, 32, 32) model-sized images -> the (n, 1, 28, 28) image inside the padding."""
+    pad = (images.shape[-1] - IMAGE_SIZE) // 2
+    return images[..., pad : pad + IMAGE_SIZE, pad : pad + IMAGE_SIZE]
+
+
 def measure_leakage(
     bottom: nn.Module,
     aux_inputs: Tensor,
@@ -215,14 +223,17 @@ def measure_leakage(
     aux_inputs: the server's own normalised images (n_aux, 1, 32, 32), used to
     train the decoder. target_inputs: the client's normalised test images
     (n, 1, 32, 32), seen by the server only as smashed data. MSE, PSNR and SSIM
-    compare the [0, 1] targets with their reconstructions; distance correlation
+    compare the [0, 1] targets with their reconstructions on the 28x28 image a client
+    holds (the padding cropped off); distance correlation
     is computed on the first `dcor_samples` targets (it needs O(n^2) memory).
     Returns (result, originals on [0, 1], reconstructions on [0, 1]).
     """
     decoder = train_decoder(bottom, aux_inputs, epochs=epochs, seed=seed)
     smashed = _apply(bottom, target_inputs)
-    reconstructions = _apply(decoder, smashed)
-    originals = to_unit_range(target_inputs)
+    # Scored on the 28x28 image the client holds: the 2-pixel padding is not the client's
+    # data, and a decoder reproduces its constant value easily, which would flatter it.
+    reconstructions = crop_to_client_image(_apply(decoder, smashed))
+    originals = crop_to_client_image(to_unit_range(target_inputs))
     k = min(dcor_samples, len(target_inputs))
     result = LeakageResult(
         client_id=client_id,

@@ -17,28 +17,27 @@ import datetime as dt
 import json
 import secrets
 from pathlib import Path
-from statistics import fmean
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sglr_ray import energy
-from sglr_ray.atomic import atomic_path
-from sglr_ray.comm_model import comm_time_s
-from sglr_ray.config import ConfigError, RunConfig
+from sglr_ray.config import ConfigError, RunConfig, config_fields, setting_type
+from sglr_ray.measure import energy
+from sglr_ray.measure.comm import comm_time_s
+from sglr_ray.results.atomic import atomic_path
 from sglr_ray.version import code_version
 
 if TYPE_CHECKING:
-    from sglr_ray.driver import EpochResult
+    from sglr_ray.execution.driver import EpochResult
 
+_ARROW_TYPES = {int: pa.int64(), float: pa.float64(), str: pa.string(), bool: pa.bool_()}
+# One column per setting (config.py declares them), then what the run recorded.
+SETTINGS_COLUMNS = [(f.name, _ARROW_TYPES[setting_type(f)]) for f in config_fields() if f.name != "run_id"]
 RUNS_SCHEMA = pa.schema([
-    ("run_id", pa.string()), ("method", pa.string()), ("model", pa.string()),
-    ("dataset", pa.string()), ("partition", pa.string()), ("num_clients", pa.int64()),
-    ("alpha", pa.float64()), ("phi", pa.float64()), ("phase", pa.string()), ("local_epochs", pa.int64()),
-    ("batch_size", pa.int64()), ("samples_per_client", pa.int64()), ("epochs", pa.int64()),
-    ("seed", pa.int64()), ("lr", pa.float64()), ("server_lr", pa.float64()),
-    ("optimizer", pa.string()), ("executor", pa.string()), ("clients_per_actor", pa.int64()),
+    ("run_id", pa.string()), *SETTINGS_COLUMNS,
+    ("run_key", pa.string()), ("cell_key", pa.string()),
+    ("val_set_digest", pa.string()), ("test_set_digest", pa.string()), ("server_lr", pa.float64()),
     ("epochs_done", pa.int64()), ("final_test_acc", pa.float64()), ("wall_s", pa.float64()),
     ("client_pflops_mean", pa.float64()), ("server_pflops", pa.float64()),
     ("bytes_per_client_mean", pa.float64()), ("energy_source", pa.string()), ("energy_j", pa.float64()),
@@ -60,7 +59,8 @@ EPOCHS_SCHEMA = pa.schema([
 ])  # fmt: skip
 CLIENTS_SCHEMA = pa.schema([
     ("run_id", pa.string()), ("epoch", pa.int64()), ("client_id", pa.int64()),
-    ("val_acc", pa.float64()), ("test_acc", pa.float64()), ("bytes_up", pa.int64()),
+    ("val_acc", pa.float64()), ("val_scored", pa.int64()), ("test_acc", pa.float64()),
+    ("test_scored", pa.int64()), ("bytes_up", pa.int64()),
     ("bytes_down", pa.int64()), ("active_steps", pa.int64()), ("flops", pa.int64()),
     ("energy_j", pa.float64()), ("compute_energy_model_j", pa.float64()),
     ("tx_energy_model_j", pa.float64()),
@@ -75,9 +75,37 @@ LEAKAGE_SCHEMA = pa.schema([
 TABLES = {"runs": RUNS_SCHEMA, "epochs": EPOCHS_SCHEMA, "clients": CLIENTS_SCHEMA}
 
 
+def readable_name(config: RunConfig) -> str:
+    """Method, model, clients and seed, for people; a file name's safe characters only."""
+    method = Path(config.method.rpartition(":")[2]).name  # FILE.py:NAME -> NAME
+    return f"{method}-{config.model}-c{config.clients}-s{config.seed}"
+
+
 def make_run_id(config: RunConfig) -> str:
+    """A fresh name for a run started without --run-id: readable, the settings' hash, a time stamp."""
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return f"{config.method}-{config.model}-c{config.clients}-s{config.seed}-{stamp}-{secrets.token_hex(2)}"
+    return f"{readable_name(config)}-{config.run_key}-{stamp}-{secrets.token_hex(2)}"
+
+
+def check_run_identity(config: RunConfig, run_id: str) -> None:
+    """Refuse to reuse `run_id` in --out for a run whose settings differ from the recorded one's."""
+    path = Path(config.out) / "runs" / f"{run_id}.parquet"
+    if not path.is_file():
+        return
+    recorded = json.loads(pq.read_table(path, columns=["config_json"]).column(0)[0].as_py())
+    mine = config.identity()
+    differ = sorted(k for k in mine if recorded.get(k) != mine[k])
+    if differ:
+        detail = ", ".join(f"{k}: recorded {recorded.get(k)!r}, now {mine[k]!r}" for k in differ[:4])
+        raise ConfigError(
+            f"--run-id {run_id!r} already names a run in {config.out!r} with other settings ({detail}); "
+            "choose another --run-id or --out"
+        )
+
+
+def _share(correct: int | None, scored: int | None) -> float | None:
+    """Accuracy of one client's slice; None when it scored nothing (more clients than images)."""
+    return correct / scored if scored else None
 
 
 def write_table_atomic(rows: list[dict[str, Any]], schema: pa.Schema | None, path: Path) -> None:
@@ -99,20 +127,16 @@ def read_run_settings(out: str, run_id: str) -> dict[str, Any]:
 
 
 class ResultsWriter:
-    def __init__(self, out: str, run_id: str, config: RunConfig, dataset: str, energy_source: str) -> None:
+    def __init__(self, out: str, run_id: str, config: RunConfig, data: Any, energy_source: str) -> None:
         self.run_id = run_id
         self.config = config
         self.paths = {name: str(Path(out) / name / f"{run_id}.parquet") for name in TABLES}
         for path in self.paths.values():
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.run_row: dict[str, Any] = {
-            "run_id": run_id, "method": config.method, "model": config.model, "dataset": dataset,
-            "partition": config.partition, "num_clients": config.clients, "alpha": config.alpha,
-            "phi": config.phi, "phase": config.phase, "local_epochs": config.local_epochs,
-            "batch_size": config.batch_size,
-            "samples_per_client": config.samples_per_client, "epochs": config.epochs,
-            "seed": config.seed, "lr": config.lr, "server_lr": config.server_lr,
-            "optimizer": config.optimizer, "executor": config.executor, "epochs_done": 0,
+            **config.to_dict(), "run_id": run_id, "run_key": config.run_key, "cell_key": config.cell_key,
+            "val_set_digest": data.val_digest, "test_set_digest": data.test_digest,
+            "server_lr": config.server_lr, "epochs_done": 0,
             "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "code_version": code_version(), "config_json": config.to_json(), "status": "running",
             "energy_source": energy_source, "restarts": 0, "resumes": 0,
@@ -139,14 +163,13 @@ class ResultsWriter:
         self._flush()
 
     def record_epoch(self, result: EpochResult, wall_s: float) -> None:
-        config, comm, test, flops = self.config, result.comm, result.test_acc, result.flops
+        config, comm, val, test, flops = self.config, result.comm, result.val, result.test, result.flops
         shares = energy.attribute(result.energy_j, [flops.per_client] * flops.clients + [flops.server])
         bits = 8 * (sum(comm.bytes_up) + comm.server_sent)
         comm_s = comm_time_s(sum(comm.bytes_up), comm.server_sent, config.link_rate_bps)
         self.epoch_rows.append({
             "run_id": self.run_id, "epoch": result.epoch, "train_loss": result.train_loss,
-            "val_acc": fmean(result.val_acc.values()),
-            "test_acc": fmean(test.values()) if test else None,
+            "val_acc": val.accuracy, "test_acc": test.accuracy if test else None,
             "averaging_on": result.averaging_on, "wall_s": wall_s,
             "train_wall_s": result.train_wall_s, "eval_wall_s": result.eval_wall_s,
             "bytes_up": sum(comm.bytes_up), "bytes_down": sum(comm.bytes_down),
@@ -157,11 +180,12 @@ class ResultsWriter:
             "compute_energy_model_j": (flops.client_total + flops.server) * config.joules_per_flop,
             "tx_energy_model_j": bits * config.joules_per_bit, "restarts": result.restarts,
         })  # fmt: skip
-        for client_id in sorted(result.val_acc):
+        for client_id in sorted(val.per_client):
+            test_correct, test_scored = test.per_client[client_id] if test else (None, None)
             self.client_rows.append({
                 "run_id": self.run_id, "epoch": result.epoch, "client_id": client_id,
-                "val_acc": result.val_acc[client_id],
-                "test_acc": test[client_id] if test else None,
+                "val_acc": _share(*val.per_client[client_id]), "val_scored": val.per_client[client_id][1],
+                "test_acc": _share(test_correct, test_scored), "test_scored": test_scored,
                 "bytes_up": comm.bytes_up[client_id], "bytes_down": comm.bytes_down[client_id],
                 "active_steps": comm.active_steps[client_id], "flops": flops.per_client,
                 "energy_j": shares[client_id],
@@ -188,7 +212,7 @@ class ResultsWriter:
     def record_leakage(self, result: Any, originals: Any, reconstructions: Any) -> None:
         """`<out>/leakage/<run_id>.parquet`, and `<out>/leakage_images/<run_id>.png` of originals
         (top row) over reconstructions; the PNG lives apart so pandas can read leakage/ whole."""
-        from sglr_ray.leakage import save_grid
+        from sglr_ray.measure.leakage import save_grid
 
         config, out = self.config, Path(self.paths["runs"]).parent.parent
         directory, images = out / "leakage", out / "leakage_images"

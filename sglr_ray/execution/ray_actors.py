@@ -17,12 +17,12 @@ from typing import Any
 import ray
 import torch
 
-from sglr_ray.client import ClientShard, client_partitions
 from sglr_ray.config import RunConfig
 from sglr_ray.data import PreparedData
 from sglr_ray.errors import ActorLostError, ExecutorError, StaleActorError
-from sglr_ray.placement import plan_placement
-from sglr_ray.server import Server
+from sglr_ray.execution.placement import plan_placement
+from sglr_ray.nodes.client import ClientShard, client_partitions
+from sglr_ray.nodes.server import Server
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +91,8 @@ class ClientActor(_Host):
     def model_state(self, client_id: int) -> Any:
         return self.shard.model_state(client_id)
 
-    def evaluate(self, top_state: Any, split: str, client_ids: Any = None) -> dict[int, float]:
-        return self.shard.evaluate(top_state, split, client_ids)
+    def evaluate(self, top_state: Any, split: str, client_ids: Any = None, whole: bool = False) -> Any:
+        return self.shard.evaluate(top_state, split, client_ids, whole)
 
     def state(self) -> Any:
         return self.shard.state()
@@ -110,9 +110,6 @@ class ServerActor(_Host):
 
     def train_step(self, epoch: int, step: int, *uploads: Any) -> tuple:
         return self.server.train_step(epoch, step, *uploads)
-
-    def averaging_on(self, epoch: int) -> bool:
-        return self.server.averaging_on(epoch)
 
     def average_client_models(self, *uploads: Any) -> Any:
         return self.server.average_client_models(*uploads)

@@ -5,8 +5,9 @@ A grid file (YAML or TOML) has fixed settings under `base` and lists under `grid
     base: {model: alexnet, epochs: 5, out: results/sweep}
     grid: {method: [psl, sglr], clients: [4, 10], alpha: [0, 0.5], phi: [0, 0.5], seed: [0, 1]}
 
-Every combination becomes one run, named from its values, so a second
-invocation finds completed runs in the output directory and skips them.
+Every combination becomes one run, named from its values and a hash of its
+complete settings, so a second invocation finds completed runs in the output
+directory and skips them, and runs again only the points whose settings changed.
 A knob that a method fixes (alpha for psl, say) is dropped from that
 method's combinations instead of making them invalid.
 """
@@ -23,40 +24,48 @@ from typing import Any
 
 import pandas as pd
 
-from sglr_ray.config import METHODS, ConfigError, RunConfig
+from sglr_ray.config import ConfigError, RunConfig, check_setting_names
+from sglr_ray.methods import MethodNotFoundError, get_method
+from sglr_ray.results.writer import readable_name
 
 log = logging.getLogger(__name__)
 
 
 def expand_grid(base: dict[str, Any], grid: dict[str, list[Any]]) -> list[RunConfig]:
-    """All combinations of `grid` over `base`, validated; one config per distinct run."""
+    """All combinations of `grid` over `base`, validated; one config per distinct run.
+
+    Two combinations are the same run exactly when their identities (every setting that
+    can change a number) agree, e.g. psl with alpha 0 and with alpha 0.5, which psl fixes.
+    """
+    base = check_setting_names(base, "grid base")
+    grid = check_setting_names(grid, "grid")
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"grid setting {key!r} must be a non-empty list, got {values!r}")
+    if "run_id" in base or "run_id" in grid:
+        raise ConfigError("a grid names its runs itself (readable settings + a hash); drop run_id")
     configs: dict[str, RunConfig] = {}
     keys = list(grid)
     for values in itertools.product(*(grid[k] for k in keys)):
-        settings = base | dict(zip(keys, values, strict=True))
-        preset = METHODS.get(settings.get("method", "sglr"))
-        if preset is not None:  # an unknown method is reported by RunConfig below
-            for knob in ("alpha", "phi"):
-                if getattr(preset, knob) is not None:
-                    settings.pop(knob, None)
+        combination = dict(zip(keys, values, strict=True))
+        settings = base | combination
         try:
+            method = get_method(settings.get("method", "sglr"))
+            for knob in method.fixed:  # a knob the method fixes is not varied for it
+                settings.pop(knob, None)
             config = RunConfig(**settings)
-        except ConfigError as ex:
-            raise ConfigError(f"grid combination {dict(zip(keys, values, strict=True))}: {ex}") from ex
-        config = config.replace(run_id=settings.get("run_id") or run_name(config))
+        except (ConfigError, MethodNotFoundError) as ex:
+            raise ConfigError(f"grid combination {combination}: {ex}") from ex
+        config = config.replace(run_id=run_name(config))
         configs.setdefault(config.run_id, config)
     return list(configs.values())
 
 
 def run_name(config: RunConfig) -> str:
-    """A stable name from the settings that sweeps vary."""
-    return (
-        f"{config.method}-{config.model}-c{config.clients}-a{config.alpha:g}-p{config.phi:g}"
-        f"-{config.phase.replace(':', '')}-s{config.seed}"
-    )
+    """Readable settings, then a hash of every setting that can change a number, so two
+    different grid points never share a name and a changed base gives new names."""
+    knobs = f"a{config.alpha:g}-p{config.phi:g}-{config.phase.replace(':', '')}"
+    return f"{readable_name(config)}-{knobs}-{config.run_key}"
 
 
 def completed_runs(out: str) -> set[str]:
@@ -74,7 +83,7 @@ def pending(configs: list[RunConfig]) -> list[RunConfig]:
 
 
 def _run_one(config: RunConfig) -> str:
-    from sglr_ray.driver import run_experiment
+    from sglr_ray.execution.driver import run_experiment
 
     return run_experiment(config).run_id
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from sglr_ray.config import RunConfig
-from sglr_ray.models import INPUT_SHAPE, SPLIT_MODELS, smashed_shape
+from sglr_ray.nodes.models import INPUT_SHAPE, SPLIT_MODELS, smashed_shape
 
 
 @functools.cache
@@ -65,11 +65,11 @@ class EpochFlops:
 def epoch_flops(config: RunConfig) -> EpochFlops:
     """FLOPs of one training epoch, split between each client and the server (or data centre)."""
     model, b, c, steps = config.model, config.batch_size, config.clients, config.steps_per_epoch
-    kind = config.preset.kind
-    if kind == "cl":  # the clients compute nothing; one model trains on all the data
+    spec = config.spec
+    if spec.pooled_data:  # CL: the clients compute nothing; one model trains on all the data
         return EpochFlops(0, config.iterations_per_epoch * full_step_flops(model, b), c)
-    if kind == "fl":  # all compute on the clients; averaging weights is negligible
+    if spec.schedule == "local":  # FL: all compute on the clients; averaging weights is negligible
         return EpochFlops(config.local_epochs * steps * full_step_flops(model, b), 0, c)
-    if kind == "ssl":  # the server runs each client's turn at batch b
+    if spec.schedule == "sequential":  # SSL: the server runs each client's turn at batch b
         return EpochFlops(steps * bottom_step_flops(model, b), c * steps * top_step_flops(model, b), c)
     return EpochFlops(steps * bottom_step_flops(model, b), steps * top_step_flops(model, b * c), c)

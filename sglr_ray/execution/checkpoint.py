@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from sglr_ray.atomic import atomic_path
+from sglr_ray.results.atomic import atomic_path
 
 
 @dataclass

@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from sglr_ray import rules
-from sglr_ray.config import Phase, RunConfig
-from sglr_ray.models import SPLIT_MODELS, seeded, weights_copy
-from sglr_ray.optim import make_optimizer
-from sglr_ray.protocol import GradientDelivery, ModelUpload, SmashedBatch, StepMetrics, tensor_nbytes
+from sglr_ray.config import RunConfig
+from sglr_ray.methods.aggregate import fedavg
+from sglr_ray.nodes.models import SPLIT_MODELS, seeded, weights_copy
+from sglr_ray.nodes.optim import LrSchedule, autocast, make_optimizer, set_lr
+from sglr_ray.nodes.protocol import GradientDelivery, ModelUpload, SmashedBatch, StepMetrics, tensor_nbytes
 
 
 @dataclass
@@ -54,11 +54,9 @@ class Server:
         self.device = torch.device(device)
         self.top = seeded(SPLIT_MODELS[config.model].build_top, config.seed + 1).to(self.device)
         self.optimizer = make_optimizer(self.top.parameters(), config.optimizer, config.server_lr)
-        self.phase = Phase.parse(config.phase)
+        self.rule = config.spec.rule(config)  # what each client receives (methods/)
+        self.schedule = LrSchedule.parse(config.lr_schedule)
         self.ledger = CommLedger(config.clients)
-
-    def averaging_on(self, epoch: int) -> bool:
-        return rules.averaging_enabled(self.phase, epoch, self.config.epochs)
 
     def train_step(self, epoch: int, step: int, *uploads: SmashedBatch) -> tuple:
         """One server step. Returns (StepMetrics, G_avg or None, one GradientDelivery per upload)."""
@@ -68,7 +66,9 @@ class Server:
         sizes = [n for u in uploads for n in u.sizes]
 
         # L = sum_i (n_i/N) L_i is exactly the mean cross-entropy over the concatenated batch.
-        loss = F.cross_entropy(self.top(smashed), labels)
+        with autocast(self.config.precision, self.device):
+            loss = F.cross_entropy(self.top(smashed), labels)
+        set_lr(self.optimizer, self.config.server_lr * self.schedule.multiplier(epoch, self.config.epochs))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -79,21 +79,17 @@ class Server:
             c: g * (total / n) for c, g, n in zip(client_ids, smashed.grad.split(sizes), sizes, strict=True)
         }
 
-        active = []
-        if self.averaging_on(epoch):
-            active = rules.sample_active_clients(
-                self.config.seed, epoch, step, self.config.phi, self.config.clients
-            )
-        averaged = rules.split_layer_average([grads[c] for c in active]).cpu() if active else None
+        delivery = self.rule.deliver(grads, epoch, step)
+        shared = delivery.shared.cpu() if delivery.shared is not None else None
         deliveries = [
             GradientDelivery(
-                own={c: grads[c].cpu() for c in u.client_ids if c not in active},
-                averaged=[c for c in u.client_ids if c in active],
+                own={c: delivery.own[c].cpu() for c in u.client_ids if c in delivery.own},
+                averaged=[c for c in u.client_ids if c in delivery.shared_to],
             )
             for u in uploads
         ]
-        self._account_step(uploads, deliveries, averaged)
-        return (StepMetrics(loss.item(), total, active), averaged, *deliveries)
+        self._account_step(uploads, deliveries, shared)
+        return (StepMetrics(loss.item(), total, sorted(delivery.shared_to)), shared, *deliveries)
 
     def _account_step(
         self,
@@ -122,7 +118,7 @@ class Server:
                 self.ledger.bytes_up[client_id] += upload.state_nbytes
                 self.ledger.bytes_down[client_id] += upload.state_nbytes
                 self.ledger.server_sent += upload.state_nbytes
-        return rules.fedavg([(u.weighted_state_sum, u.total_weight) for u in uploads])
+        return fedavg([(u.weighted_state_sum, u.total_weight) for u in uploads])
 
     def relay_model(self, from_client: int, to_client: int, nbytes: int) -> None:
         """SSL: a client's bottom weights go up to the server and on to the next client."""

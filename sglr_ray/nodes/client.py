@@ -17,12 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sglr_ray import rules
 from sglr_ray.config import RunConfig
-from sglr_ray.data import ImageSet, PreparedData, epoch_order, to_model_input
-from sglr_ray.models import SPLIT_MODELS, build_client_model, state_nbytes, weights_copy
-from sglr_ray.optim import make_optimizer
-from sglr_ray.protocol import GradientDelivery, ModelUpload, SmashedBatch
+from sglr_ray.data import ImageSet, PreparedData, epoch_order, eval_slice, to_model_input
+from sglr_ray.methods.aggregate import weighted_state_sum
+from sglr_ray.nodes.models import SPLIT_MODELS, build_client_model, state_nbytes, weights_copy
+from sglr_ray.nodes.optim import LrSchedule, autocast, make_optimizer, set_lr
+from sglr_ray.nodes.protocol import GradientDelivery, ModelUpload, SmashedBatch
 
 EVAL_BATCH = 1000
 
@@ -41,7 +41,7 @@ def client_partitions(config: RunConfig, data: PreparedData) -> list[ImageSet]:
     CL trains one model on the union of every client's partition: one
     "client" (the data centre) holding all of it.
     """
-    if config.preset.kind == "cl":
+    if config.spec.pooled_data:
         return [ImageSet.union(data.partitions)]
     return list(data.partitions)
 
@@ -62,7 +62,7 @@ class ClientShard:
             raise ValueError(f"{len(client_ids)} client ids but {len(partitions)} partitions")
         self.config = config
         self.device = torch.device(device)
-        self.full_model = config.preset.full_model
+        self.full_model = config.spec.full_model
         self.clients: list[Client] = []
         for client_id, data in zip(client_ids, partitions, strict=True):
             data = data.writable_copy()  # arrays from Ray's object store are read-only
@@ -75,6 +75,15 @@ class ClientShard:
         self._eval_top = SPLIT_MODELS[config.model].build_top().to(self.device)
         self._pending: list[tuple[Client, torch.Tensor]] = []
         self._orders: dict[int, tuple[int, torch.Tensor]] = {}  # client_id -> (epoch, its order)
+        self._schedule = LrSchedule.parse(config.lr_schedule)
+
+    def _autocast(self):
+        return autocast(self.config.precision, self.device)
+
+    def _set_epoch_lr(self, clients: list[Client], epoch: int) -> None:
+        lr = self.config.lr * self._schedule.multiplier(epoch, self.config.epochs)
+        for client in clients:
+            set_lr(client.optimizer, lr)
 
     @property
     def client_ids(self) -> list[int]:
@@ -106,9 +115,12 @@ class ClientShard:
             raise RuntimeError(f"--method {self.config.method} has no split layer to forward to")
         smashed, labels, sizes = [], [], []
         self._pending = []
-        for client in self._select(client_ids):
+        chosen = self._select(client_ids)
+        self._set_epoch_lr(chosen, epoch)  # the step in apply_gradient uses it
+        for client in chosen:
             x, y = self._batch(client, epoch, step)
-            s = client.model(x)
+            with self._autocast():
+                s = client.model(x)
             self._pending.append((client, s))  # keeps the graph for apply_gradient
             smashed.append(s.detach().cpu())
             labels.append(y)
@@ -138,12 +150,14 @@ class ClientShard:
         if not self.full_model:
             raise RuntimeError(f"--method {self.config.method} trains through the server, not locally")
         passes, loss_sum, samples = self.config.local_epochs, 0.0, 0
+        self._set_epoch_lr(self.clients, epoch)
         for client in self.clients:
             steps = len(client.data) // self.config.batch_size
             for local_epoch in range(epoch * passes, (epoch + 1) * passes):
                 for step in range(steps):
                     x, y = self._batch(client, local_epoch, step)
-                    loss = F.cross_entropy(client.model(x), y.to(self.device))
+                    with self._autocast():
+                        loss = F.cross_entropy(client.model(x), y.to(self.device))
                     client.optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     client.optimizer.step()
@@ -158,7 +172,7 @@ class ClientShard:
         weights = [float(len(c.data)) for c in self.clients]
         return ModelUpload(
             client_ids=self.client_ids,
-            weighted_state_sum=rules.weighted_state_sum(states, weights),
+            weighted_state_sum=weighted_state_sum(states, weights),
             total_weight=sum(weights),
             state_nbytes=state_nbytes(self.clients[0].model),
         )
@@ -196,11 +210,17 @@ class ClientShard:
 
     @torch.no_grad()
     def evaluate(
-        self, top_state: dict[str, torch.Tensor] | None, split: str, client_ids: list[int] | None = None
-    ) -> dict[int, float]:
-        """Top-1 accuracy of each client's bottom model paired with the server's top model
-        (or of its whole model, for cl and fl, where `top_state` is None).
+        self,
+        top_state: dict[str, torch.Tensor] | None,
+        split: str,
+        client_ids: list[int] | None = None,
+        whole: bool = False,
+    ) -> dict[int, tuple[int, int]]:
+        """(correct, scored) per client: its bottom model paired with the server's top model
+        (or its whole model, for cl and fl, where `top_state` is None).
 
+        Each client scores its own slice of the evaluation subset (`data.eval_slice`),
+        or the whole subset with `whole` (--eval-mode every, and the baselines' one model).
         The server's weights come to the shard (a measurement shortcut of the
         simulator, not part of the protocol): evaluation images never leave it.
         """
@@ -210,14 +230,17 @@ class ClientShard:
             top = self._eval_top
             top.load_state_dict(top_state)
             top.eval()
-        accuracy = {}
+        scores = {}
         for client in self._select(client_ids):
+            part = slice(None) if whole else eval_slice(len(labels), self.config.clients, client.client_id)
+            x_all, y_all = images[part], labels[part]
             client.model.eval()
             correct = 0
-            for start in range(0, len(labels), EVAL_BATCH):
-                x = to_model_input(images[start : start + EVAL_BATCH]).to(self.device)
-                logits = top(client.model(x))
-                correct += int((logits.argmax(1).cpu() == labels[start : start + EVAL_BATCH]).sum())
+            for start in range(0, len(y_all), EVAL_BATCH):
+                x = to_model_input(x_all[start : start + EVAL_BATCH]).to(self.device)
+                with self._autocast():
+                    logits = top(client.model(x))
+                correct += int((logits.argmax(1).cpu() == y_all[start : start + EVAL_BATCH]).sum())
             client.model.train()
-            accuracy[client.client_id] = correct / len(labels)
-        return accuracy
+            scores[client.client_id] = (correct, len(y_all))
+        return scores

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sglr_ray.rules import active_set_size
+from sglr_ray.methods.sglr import active_set_size
 
 
 @dataclass(frozen=True)

@@ -16,15 +16,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sglr_ray import checkpoint
 from sglr_ray.config import RunConfig, check_writable
 from sglr_ray.data import PreparedData, prepare_data, to_model_input
-from sglr_ray.energy import EnergyMeter, open_meter
 from sglr_ray.errors import ActorLostError
-from sglr_ray.flops import EpochFlops, epoch_flops
-from sglr_ray.models import SPLIT_MODELS, bottom_state_nbytes
-from sglr_ray.results import ResultsWriter, make_run_id
-from sglr_ray.server import CommLedger
+from sglr_ray.execution import checkpoint
+from sglr_ray.measure.energy import EnergyMeter, open_meter
+from sglr_ray.measure.flops import EpochFlops, epoch_flops
+from sglr_ray.nodes.models import SPLIT_MODELS, bottom_state_nbytes
+from sglr_ray.nodes.server import CommLedger
+from sglr_ray.results.writer import ResultsWriter, check_run_identity, make_run_id
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +51,10 @@ class Executor(Protocol):
 class EpochResult:
     epoch: int
     train_loss: float
-    val_acc: dict[int, float]
-    test_acc: dict[int, float] | None
+    val: Evaluation
+    test: Evaluation | None  # scored after the last epoch (every epoch with --test-each-epoch)
     comm: CommLedger
-    averaging_on: bool
+    averaging_on: bool  # split-layer gradients were averaged in at least one step
     train_wall_s: float
     eval_wall_s: float
     flops: EpochFlops
@@ -142,7 +142,7 @@ def train_local_epoch(
     ex: Executor, config: RunConfig, epoch: int, progress: ProgressFn | None = None
 ) -> float:
     """CL and FL: each shard trains its clients' whole models on their own data, shards in parallel."""
-    if config.preset.kind == "cl" and epoch == 0:  # the clients' raw data goes to the data centre, once
+    if config.spec.pooled_data and epoch == 0:  # the clients' raw data goes to the data centre, once
         for client, nbytes in enumerate(ex.partition_nbytes):
             ex.call(ex.server, "receive_raw_data", client, nbytes)
     per_shard = ex.get([ex.call(shard, "train_local", epoch) for shard in ex.shards])
@@ -159,49 +159,57 @@ def average_client_models(ex: Executor) -> None:
     ex.get([ex.call(shard, "load_model_state", mean_state) for shard in ex.shards])
 
 
-def evaluate(ex: Executor, top_state: Any, split: str) -> dict[int, float]:
-    """Accuracy of every client's bottom model with the top model `top_state`, by client_id."""
-    per_shard = ex.get([ex.call(shard, "evaluate", top_state, split) for shard in ex.shards])
-    return {client_id: acc for shard_acc in per_shard for client_id, acc in shard_acc.items()}
+@dataclass
+class Evaluation:
+    """One evaluation: top-1 accuracy over the whole subset, and (correct, scored) per client."""
+
+    accuracy: float
+    per_client: dict[int, tuple[int, int]]
 
 
-def evaluate_models(ex: Executor, config: RunConfig, top_state: Any, split: str) -> dict[int, float]:
-    """Accuracy per client. The split methods evaluate every client's bottom model; the
-    baselines have one current model (CL's; FL's average, which every client holds; the
-    bottom of SSL's last turn), evaluated once and recorded for every client."""
-    if config.preset.kind == "split":
-        return evaluate(ex, top_state, split)
-    holder = 0 if config.preset.full_model else config.clients - 1
-    accuracy = ex.get(ex.call(shard_of(ex, holder), "evaluate", top_state, split, [holder]))[holder]
-    return dict.fromkeys(range(config.clients), accuracy)
+def evaluate_models(ex: Executor, config: RunConfig, top_state: Any, split: str) -> Evaluation:
+    """Score the evaluation subset `split` (SPEC section 2, Evaluation).
+
+    The parallel split methods score every client's bottom model: on its own slice of
+    the subset (default, cost independent of C) or on all of it (--eval-mode every).
+    The baselines have one current model (CL's; FL's average, which every client
+    holds; the bottom of SSL's last turn), scored once on the whole subset and
+    recorded for every client.
+    """
+    spec = config.spec
+    if spec.schedule == "parallel" and not spec.full_model:
+        whole = config.eval_mode == "every"
+        per_shard = ex.get([ex.call(shard, "evaluate", top_state, split, None, whole) for shard in ex.shards])
+        scores = {client_id: score for shard_scores in per_shard for client_id, score in shard_scores.items()}
+        correct, scored = map(sum, zip(*scores.values(), strict=True))
+        return Evaluation(correct / scored, scores)
+    holder = 0 if spec.full_model else config.clients - 1
+    score = ex.get(ex.call(shard_of(ex, holder), "evaluate", top_state, split, [holder], True))[holder]
+    return Evaluation(score[0] / score[1], dict.fromkeys(range(config.clients), score))
 
 
-# How each kind of method trains an epoch (MethodPreset.kind).
-TRAINERS = {
-    "split": train_epoch,
-    "ssl": train_sequential_epoch,
-    "cl": train_local_epoch,
-    "fl": train_local_epoch,
-}
+# How each schedule (Method.schedule) trains an epoch.
+TRAINERS = {"parallel": train_epoch, "sequential": train_sequential_epoch, "local": train_local_epoch}
 
 
 def run_epoch(
     ex: Executor, config: RunConfig, epoch: int, progress: ProgressFn | None, meter: EnergyMeter
 ) -> EpochResult:
+    spec = config.spec
     started, energy_before = time.perf_counter(), meter.read_j()
-    averaging_on = ex.get(ex.call(ex.server, "averaging_on", epoch))
-    train_loss = TRAINERS[config.preset.kind](ex, config, epoch, progress)
-    if config.preset.average_client_models:
+    train_loss = TRAINERS[spec.schedule](ex, config, epoch, progress)
+    if spec.average_clients:
         average_client_models(ex)
     comm = ex.get(ex.call(ex.server, "pop_epoch_comm"))
     trained, energy_after = time.perf_counter(), meter.read_j()
     # Fetched once, sent to every shard; the whole-model baselines need no server weights.
-    top_state = None if config.preset.full_model else ex.call(ex.server, "top_state")
-    val_acc = evaluate_models(ex, config, top_state, "val")
+    top_state = None if spec.full_model else ex.call(ex.server, "top_state")
+    val = evaluate_models(ex, config, top_state, "val")
     last = epoch == config.epochs - 1
-    test_acc = evaluate_models(ex, config, top_state, "test") if (last or config.test_each_epoch) else None
+    test = evaluate_models(ex, config, top_state, "test") if (last or config.test_each_epoch) else None
     return EpochResult(
-        epoch, train_loss, val_acc, test_acc, comm, averaging_on,
+        epoch, train_loss, val, test, comm,
+        averaging_on=sum(comm.active_steps) > 0,  # some client received an averaged gradient
         train_wall_s=trained - started, eval_wall_s=time.perf_counter() - trained,
         flops=epoch_flops(config),
         energy_j=None if energy_before is None else energy_after - energy_before,
@@ -215,7 +223,7 @@ def attack_client(ex: Executor, config: RunConfig, data: PreparedData) -> tuple:
     client's frozen bottom model, then reconstructs the test images.
     Returns leakage.measure_leakage's (result, originals, reconstructions).
     """
-    from sglr_ray import leakage
+    from sglr_ray.measure import leakage
 
     client = config.leakage_client
     shard = shard_of(ex, client)
@@ -230,10 +238,10 @@ def attack_client(ex: Executor, config: RunConfig, data: PreparedData) -> tuple:
 
 def make_executor(config: RunConfig, data: Any, run_id: str) -> Executor:
     if config.executor == "local":
-        from sglr_ray.local_executor import LocalExecutor
+        from sglr_ray.execution.local import LocalExecutor
 
         return LocalExecutor(config, data, run_id)
-    from sglr_ray.ray_executor import RayExecutor
+    from sglr_ray.execution.ray_actors import RayExecutor
 
     return RayExecutor(config, data, run_id)
 
@@ -286,11 +294,12 @@ def run_experiment(
     """
     started = time.perf_counter()
     check_writable(config.out)
-    data = prepare_data(config)  # fails on a missing dataset before any Ray work
     run_id = config.run_id or make_run_id(config)
+    check_run_identity(config, run_id)
+    data = prepare_data(config)  # fails on a missing dataset before any Ray work
     saved_path = checkpoint.checkpoint_path(config.out, run_id)
     meter = open_meter()
-    writer = ResultsWriter(config.out, run_id, config, data.dataset, meter.source)
+    writer = ResultsWriter(config.out, run_id, config, data, meter.source)
     ex = make_executor(config, data, run_id)
     results: list[EpochResult] = []
     elapsed_before = 0.0  # wall time of the epochs recorded before a resume

@@ -11,11 +11,11 @@ from typing import Any
 
 import torch
 
-from sglr_ray.client import ClientShard, client_partitions
 from sglr_ray.config import RunConfig
 from sglr_ray.data import PreparedData
-from sglr_ray.placement import shard_clients
-from sglr_ray.server import Server
+from sglr_ray.execution.placement import shard_clients
+from sglr_ray.nodes.client import ClientShard, client_partitions
+from sglr_ray.nodes.server import Server
 
 
 class LocalExecutor:

@@ -16,10 +16,10 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from sglr_ray import analysis
-from sglr_ray.analysis import STATS, means
-from sglr_ray.atomic import atomic_path
-from sglr_ray.markdown import column_label, decimals_for, markdown_table
+from sglr_ray.analysis import tables as analysis
+from sglr_ray.analysis.markdown import column_label, decimals_for, markdown_table
+from sglr_ray.analysis.tables import STATS, means
+from sglr_ray.results.atomic import atomic_path
 
 __all__ = ["write_report"]
 PAPER = analysis.paper_reference()

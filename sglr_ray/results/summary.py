@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from statistics import fmean
-
 import pandas as pd
 
 from sglr_ray.config import RunConfig
-from sglr_ray.driver import EpochResult, RunOutcome
+from sglr_ray.execution.driver import EpochResult, RunOutcome
 
 MB = 1e6
 
@@ -15,10 +13,10 @@ MB = 1e6
 def format_epoch_line(config: RunConfig, result: EpochResult) -> str:
     line = (
         f"epoch {result.epoch + 1}/{config.epochs}  loss {result.train_loss:.4f}  "
-        f"val {100 * fmean(result.val_acc.values()):.2f}%"
+        f"val {100 * result.val.accuracy:.2f}%"
     )
-    if result.test_acc:
-        line += f"  test {100 * fmean(result.test_acc.values()):.2f}%"
+    if result.test:
+        line += f"  test {100 * result.test.accuracy:.2f}%"
     return line + f"  ({result.train_wall_s + result.eval_wall_s:.1f} s)"
 
 
@@ -28,8 +26,8 @@ def epoch_table(outcome: RunOutcome) -> pd.DataFrame:
         rows.append({
             "epoch": r.epoch + 1,
             "train_loss": round(r.train_loss, 4),
-            "val_acc_%": round(100 * fmean(r.val_acc.values()), 2),
-            "test_acc_%": round(100 * fmean(r.test_acc.values()), 2) if r.test_acc else None,
+            "val_acc_%": round(100 * r.val.accuracy, 2),
+            "test_acc_%": round(100 * r.test.accuracy, 2) if r.test else None,
             "MB_up": round(sum(r.comm.bytes_up) / MB, 2),
             "MB_down": round(sum(r.comm.bytes_down) / MB, 2),
             "MB_server_sent": round(r.comm.server_sent / MB, 2),
@@ -64,7 +62,7 @@ def format_summary(config: RunConfig, outcome: RunOutcome) -> str:
         f"run {outcome.run_id}: {config.method} ({knobs}), {config.model}, {config.clients} clients "
         f"x {config.samples_per_client} samples of {config.dataset}, executor={config.executor}",
         epoch_table(outcome).to_string(index=False),
-        f"final test accuracy (mean over clients): {100 * outcome.final_test_acc:.2f}%  "
+        f"final test accuracy: {100 * outcome.final_test_acc:.2f}%  "
         f"[dataset: {config.dataset}]  wall time {outcome.wall_s:.1f} s",
         per_client_costs(config, outcome),
         "results: " + ", ".join(outcome.paths.values()),

@@ -1,0 +1,1 @@
+"""Reading results back with pandas: the paper's tables and the report."""

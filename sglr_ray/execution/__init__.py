@@ -1,0 +1,1 @@
+"""Running a method: the driver loop, the in-process and Ray executors, checkpoints, sweeps."""

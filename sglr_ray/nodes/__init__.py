@@ -1,0 +1,1 @@
+"""Client shards and the server: plain torch, no Ray."""

@@ -1,0 +1,62 @@
+"""Optimizers, learning-rate schedules and precision, shared by clients and server."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from fractions import Fraction
+
+import torch
+
+_STEP_RE = re.compile(r"^step:(\d*\.?\d+):(\d*\.?\d+)$")
+
+
+def make_optimizer(params: Iterable[torch.nn.Parameter], name: str, lr: float) -> torch.optim.Optimizer:
+    """adam: betas (0.9, 0.999) as in the paper; sgd: momentum 0.9."""
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999))
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9)
+    raise ValueError(f"unknown optimizer {name!r}; choose adam or sgd")
+
+
+@dataclass(frozen=True)
+class LrSchedule:
+    """constant, or step:F:G: the rate is multiplied by G from epoch floor(F*E) on."""
+
+    at_fraction: Fraction | None = None  # None: constant
+    factor: float = 1.0
+
+    @classmethod
+    def parse(cls, text: str) -> LrSchedule:
+        if text == "constant":
+            return cls()
+        match = _STEP_RE.match(text)
+        if not match:
+            raise ValueError(f"{text!r} is malformed: use 'constant' or 'step:F:G', e.g. step:0.8:0.1")
+        at, factor = Fraction(match.group(1)), float(match.group(2))
+        if not 0 < at <= 1 or not factor > 0:
+            raise ValueError(f"{text!r}: F must be in (0, 1] and G positive")
+        return cls(at, factor)
+
+    def multiplier(self, epoch: int, epochs: int) -> float:
+        """The factor on the base learning rate in `epoch` (0-based) of `epochs`."""
+        if self.at_fraction is None or epoch < math.floor(self.at_fraction * epochs):
+            return 1.0
+        return self.factor
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set every parameter group's rate (cheap: called at each step with the epoch's rate)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast for --precision bf16 (weights and optimizer state stay fp32), else nothing."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()

@@ -1,0 +1,1 @@
+"""The one results schema and its writer, and the console summary."""
