@@ -94,6 +94,9 @@ class RunConfig:
     )  # fmt: skip
     phase: str = setting("all", "when SplitAvg is on: all, initial:F (first ceil(F*E) epochs) or final:F")
     local_epochs: int = setting(1, "fl only: passes a client makes over its own data per round", low=1)
+    global_batch_size: int = setting(
+        64, "gpsl only: samples per iteration over all clients, split among them by the server", low=1
+    )
     lr: float = setting(1e-3, "client learning rate (the server's is lr * C**alpha)", low=0, low_open=True)
     optimizer: str = setting("adam", "adam (betas 0.9/0.999) or sgd (momentum 0.9)", choices=("adam", "sgd"))
     lr_schedule: str = setting(
@@ -178,8 +181,7 @@ class RunConfig:
             method = get_method(self.method)
         except MethodNotFoundError as ex:
             raise ConfigError(str(ex)) from ex
-        if self.local_epochs != 1 and self.method != "fl":
-            raise ConfigError(f"--local-epochs {self.local_epochs} applies to --method fl only")
+        self._check_method_settings(method)
         if self.run_id and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.run_id):
             raise ConfigError(f"--run-id {self.run_id!r}: use letters, digits, '.', '_' and '-'")
         try:
@@ -195,8 +197,19 @@ class RunConfig:
         if self.leakage:
             self._check_leakage(method)
 
+    def _check_method_settings(self, method: Method) -> None:
+        """A setting that only some methods read must stay at its default for the others."""
+        for name in METHOD_SETTINGS:
+            if name in method.settings or getattr(self, name) == _FIELDS[name].default:
+                continue
+            users = [m for m, spec in _builtin_methods().items() if name in spec.settings]
+            raise ConfigError(
+                f"{flag(name)} {getattr(self, name)} applies to --method {' or '.join(users)} only"
+            )
+
     def _resolve_knobs(self, method: Method) -> None:
-        for knob, default in (("alpha", DEFAULT_ALPHA), ("phi", DEFAULT_PHI)):
+        for knob, global_default in (("alpha", DEFAULT_ALPHA), ("phi", DEFAULT_PHI)):
+            default = method.defaults.get(knob, global_default)
             value, fixed = getattr(self, knob), method.fixed.get(knob)
             if value is not None and fixed is not None and value != fixed:
                 free = [m for m, spec in _builtin_methods().items() if spec.takes(knob)]
@@ -253,7 +266,10 @@ class RunConfig:
 
     @property
     def steps_per_epoch(self) -> int:
-        """Batches in one client's partition; a last partial batch is dropped (SplitAvg needs equal ones)."""
+        """Iterations of the parallel engine in an epoch: batches in one client's partition (a last
+        partial batch is dropped: SplitAvg needs equal ones), or, with a batch plan, its length."""
+        if self.spec.batch_plan is not None:
+            return len(self.spec.batch_plan(self, 0))
         return self.samples_per_client // self.batch_size
 
     @property
@@ -375,3 +391,5 @@ def check_writable(out: str) -> None:
 
 
 _HINTS = typing.get_type_hints(RunConfig)
+_FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+METHOD_SETTINGS = ("local_epochs", "global_batch_size")  # read by the methods that list them in .settings

@@ -200,6 +200,8 @@ def run_epoch(
     train_loss = TRAINERS[spec.schedule](ex, config, epoch, progress)
     if spec.average_clients:
         average_client_models(ex)
+    if spec.server_copies:
+        ex.get(ex.call(ex.server, "average_server_copies"))
     comm = ex.get(ex.call(ex.server, "pop_epoch_comm"))
     trained, energy_after = time.perf_counter(), meter.read_j()
     # Fetched once, sent to every shard; the whole-model baselines need no server weights.

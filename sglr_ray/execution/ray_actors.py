@@ -123,6 +123,9 @@ class ServerActor(_Host):
     def top_state(self) -> Any:
         return self.server.top_state()
 
+    def average_server_copies(self) -> None:
+        return self.server.average_server_copies()
+
     def state(self) -> Any:
         return self.server.state()
 

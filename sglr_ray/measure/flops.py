@@ -72,4 +72,8 @@ def epoch_flops(config: RunConfig) -> EpochFlops:
         return EpochFlops(config.local_epochs * steps * full_step_flops(model, b), 0, c)
     if spec.schedule == "sequential":  # SSL: the server runs each client's turn at batch b
         return EpochFlops(steps * bottom_step_flops(model, b), c * steps * top_step_flops(model, b), c)
-    return EpochFlops(steps * bottom_step_flops(model, b), steps * top_step_flops(model, b * c), c)
+    server = steps * spec.server_flops(lambda batch: top_step_flops(model, batch), config)
+    if spec.batch_plan is not None:  # clients' batches vary; the models' FLOPs are linear in the batch
+        samples = steps * config.global_batch_size / c  # a client's mean share
+        return EpochFlops(round(samples * bottom_step_flops(model, 1)), server, c)
+    return EpochFlops(steps * bottom_step_flops(model, b), server, c)

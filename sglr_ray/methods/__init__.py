@@ -12,7 +12,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from sglr_ray.methods import baselines, sfl, sglr
+from sglr_ray.methods import baselines, cyclesl, gpsl, sfl, sflv1, sglr
 from sglr_ray.methods.base import Delivery, Method, OwnGradients, SplitRule
 
 __all__ = ["METHODS", "Delivery", "Method", "MethodNotFoundError", "OwnGradients", "SplitRule", "get_method"]
@@ -22,6 +22,7 @@ METHODS: dict[str, Method] = {
     for m in (
         baselines.cl, baselines.fl, baselines.ssl,
         sglr.psl, sglr.slr, sglr.sgl, sglr.sglr, sfl.sfl,
+        sflv1.sflv1, cyclesl.cyclesl, gpsl.gpsl,
     )
 }  # fmt: skip
 

@@ -10,7 +10,7 @@ cl = Method(
 )  # fmt: skip
 fl = Method(
     "fl", "FedAvg: full models trained locally, averaged each round",
-    fixed=_NO_KNOBS, schedule="local", full_model=True, average_clients=True,
+    fixed=_NO_KNOBS, schedule="local", full_model=True, average_clients=True, settings=("local_epochs",),
 )  # fmt: skip
 ssl = Method(
     "ssl", "sequential SL: clients take turns, passing bottom weights on",

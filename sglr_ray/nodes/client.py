@@ -20,7 +20,7 @@ from torch import nn
 from sglr_ray.config import RunConfig
 from sglr_ray.data import ImageSet, PreparedData, epoch_order, eval_slice, to_model_input
 from sglr_ray.methods.aggregate import weighted_state_sum
-from sglr_ray.nodes.models import SPLIT_MODELS, build_client_model, state_nbytes, weights_copy
+from sglr_ray.nodes.models import SPLIT_MODELS, build_client_model, smashed_shape, state_nbytes, weights_copy
 from sglr_ray.nodes.optim import LrSchedule, autocast, make_optimizer, set_lr
 from sglr_ray.nodes.protocol import GradientDelivery, ModelUpload, SmashedBatch
 
@@ -73,9 +73,11 @@ class ClientShard:
             self.clients.append(Client(client_id, model, optimizer, data))
         self.eval_sets = {"val": val.writable_copy(), "test": test.writable_copy()}
         self._eval_top = SPLIT_MODELS[config.model].build_top().to(self.device)
-        self._pending: list[tuple[Client, torch.Tensor]] = []
+        self._pending: list[tuple[Client, torch.Tensor]] | None = None  # forwarded, awaiting gradients
         self._orders: dict[int, tuple[int, torch.Tensor]] = {}  # client_id -> (epoch, its order)
         self._schedule = LrSchedule.parse(config.lr_schedule)
+        self._plan: tuple[int, torch.Tensor, torch.Tensor] | None = None  # (epoch, counts, starts)
+        self._smashed_shape = smashed_shape(config.model)
 
     def _autocast(self):
         return autocast(self.config.precision, self.device)
@@ -99,15 +101,30 @@ class ClientShard:
         return chosen
 
     def _batch(self, client: Client, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """A client's inputs and labels for (epoch, step): a pure function of the seed and ids."""
+        """A client's inputs and labels for (epoch, step): a pure function of the seed and ids.
+
+        A client walks through its epoch order without replacement: b samples a step,
+        or, under a batch plan (GPSL), as many as the plan gives it.
+        """
         cached = self._orders.get(client.client_id)
         if cached is None or cached[0] != epoch:
             cached = (epoch, epoch_order(self.config.seed, client.client_id, epoch, len(client.data)))
             self._orders[client.client_id] = cached
-        b = self.config.batch_size
-        index = cached[1][step * b : (step + 1) * b].numpy()
+        start, count = self._rows(client.client_id, epoch, step)
+        index = cached[1][start : start + count].numpy()
         x = to_model_input(client.data.images[index]).to(self.device)
         return x, torch.from_numpy(client.data.labels[index])
+
+    def _rows(self, client_id: int, epoch: int, step: int) -> tuple[int, int]:
+        """(first position in the epoch order, count) of a client's batch at `step`."""
+        if self.config.spec.batch_plan is None:
+            return step * self.config.batch_size, self.config.batch_size
+        if self._plan is None or self._plan[0] != epoch:
+            plan = torch.tensor(self.config.spec.batch_plan(self.config, epoch), dtype=torch.int64)
+            starts = torch.cumsum(plan, dim=0) - plan  # per step, per client: samples used before it
+            self._plan = (epoch, plan, starts)
+        _, plan, starts = self._plan
+        return int(starts[step, client_id]), int(plan[step, client_id])
 
     def forward_batch(self, epoch: int, step: int, client_ids: list[int] | None = None) -> SmashedBatch:
         """Each client (all, or those named: SSL's turn) draws its batch and computes smashed data s_i."""
@@ -119,6 +136,8 @@ class ClientShard:
         self._set_epoch_lr(chosen, epoch)  # the step in apply_gradient uses it
         for client in chosen:
             x, y = self._batch(client, epoch, step)
+            if len(y) == 0:  # a batch plan gave this client nothing this step
+                continue
             with self._autocast():
                 s = client.model(x)
             self._pending.append((client, s))  # keeps the graph for apply_gradient
@@ -126,11 +145,15 @@ class ClientShard:
             labels.append(y)
             sizes.append(len(y))
         ids = [client.client_id for client, _ in self._pending]
+        if not ids:
+            return SmashedBatch(
+                [], [], torch.empty(0, *self._smashed_shape), torch.empty(0, dtype=torch.int64)
+            )
         return SmashedBatch(ids, sizes, torch.cat(smashed), torch.cat(labels))
 
     def apply_gradient(self, delivery: GradientDelivery, averaged_gradient: torch.Tensor | None) -> None:
         """Back-propagate each client's split-layer gradient (own or averaged) and step its optimizer."""
-        if not self._pending:
+        if self._pending is None:
             raise RuntimeError("apply_gradient called without a forward_batch before it")
         averaged = set(delivery.averaged)
         for client, s in self._pending:
@@ -138,7 +161,7 @@ class ClientShard:
             client.optimizer.zero_grad(set_to_none=True)
             s.backward(grad.to(self.device))
             client.optimizer.step()
-        self._pending = []
+        self._pending = None
 
     # --- CL and FL: whole models trained on local data ------------------------------
 
@@ -204,7 +227,7 @@ class ClientShard:
         for client in self.clients:
             client.model.load_state_dict(states[client.client_id]["model"])
             client.optimizer.load_state_dict(states[client.client_id]["optimizer"])
-        self._pending = []
+        self._pending = None
 
     # --- evaluation ---------------------------------------------------------------------
 

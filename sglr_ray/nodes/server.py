@@ -1,9 +1,10 @@
-"""Server: the top model, one loss over every client's batch, SplitLr and SplitAvg.
+"""Server: the top model, the method's server step and SplitRule, and the byte ledger.
 
 Plain torch, no Ray. One `train_step` is steps 2-5 of a PSL iteration (SPEC
-section 2): concatenate the uploads, one forward and one loss, step the top
-model with server_lr, scale each client's slice of dL/ds to G_i, then decide
-who gets the averaged gradient and who gets their own.
+section 2): concatenate the uploads, let the method's server step compute the
+loss and each client's split-layer gradient G_i (PSL: one forward, one loss,
+one step with server_lr), then let its SplitRule decide what each client
+receives (SplitAvg: the average, for the active clients).
 
 The server also keeps the communication ledger: it sees every byte that
 crosses the split, in both directions.
@@ -18,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from sglr_ray.config import RunConfig
-from sglr_ray.methods.aggregate import fedavg
+from sglr_ray.methods.aggregate import fedavg, weighted_state_sum
+from sglr_ray.methods.base import ServerBatch
 from sglr_ray.nodes.models import SPLIT_MODELS, seeded, weights_copy
 from sglr_ray.nodes.optim import LrSchedule, autocast, make_optimizer, set_lr
 from sglr_ray.nodes.protocol import GradientDelivery, ModelUpload, SmashedBatch, StepMetrics, tensor_nbytes
@@ -49,47 +51,74 @@ class CommLedger:
 
 
 class Server:
+    """The top model (one per client for methods with `server_copies`), its optimizer,
+    the method's server step and SplitRule, and the byte ledger."""
+
     def __init__(self, config: RunConfig, device: str = "cpu") -> None:
         self.config = config
+        self.spec = config.spec
         self.device = torch.device(device)
-        self.top = seeded(SPLIT_MODELS[config.model].build_top, config.seed + 1).to(self.device)
-        self.optimizer = make_optimizer(self.top.parameters(), config.optimizer, config.server_lr)
-        self.rule = config.spec.rule(config)  # what each client receives (methods/)
+        copies = config.clients if self.spec.server_copies else 1
+        # Copies start equal: one initial top model, as if handed out by one server.
+        first = seeded(SPLIT_MODELS[config.model].build_top, config.seed + 1).to(self.device)
+        self.tops = [first] + [copy.deepcopy(first) for _ in range(copies - 1)]
+        self.optimizers = [
+            make_optimizer(t.parameters(), config.optimizer, config.server_lr) for t in self.tops
+        ]
+        self.rule = self.spec.rule(config)  # what each client receives (methods/)
         self.schedule = LrSchedule.parse(config.lr_schedule)
         self.ledger = CommLedger(config.clients)
+        self._lr = config.server_lr
+
+    @property
+    def top(self) -> torch.nn.Module:
+        return self.tops[0]
+
+    def top_loss(self, index: int, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of top model `index` on `inputs` (autocast as --precision says)."""
+        with autocast(self.config.precision, self.device):
+            return F.cross_entropy(self.tops[index](inputs), labels)
+
+    def train_top(self, index: int, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """One optimizer step of top model `index` on (inputs, labels); returns the loss.
+        Gradients reach `inputs.grad` where `inputs` requires them."""
+        loss = self.top_loss(index, inputs, labels)
+        optimizer = self.optimizers[index]
+        set_lr(optimizer, self._lr)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss
 
     def train_step(self, epoch: int, step: int, *uploads: SmashedBatch) -> tuple:
-        """One server step. Returns (StepMetrics, G_avg or None, one GradientDelivery per upload)."""
-        smashed = torch.cat([u.smashed for u in uploads]).to(self.device).requires_grad_(True)
-        labels = torch.cat([u.labels for u in uploads]).to(self.device)
-        client_ids = [c for u in uploads for c in u.client_ids]
-        sizes = [n for u in uploads for n in u.sizes]
-
-        # L = sum_i (n_i/N) L_i is exactly the mean cross-entropy over the concatenated batch.
-        with autocast(self.config.precision, self.device):
-            loss = F.cross_entropy(self.top(smashed), labels)
-        set_lr(self.optimizer, self.config.server_lr * self.schedule.multiplier(epoch, self.config.epochs))
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-
-        # G_i = dL_i/ds_i = (N/n_i) dL/ds_i: independent of how many clients share the batch.
-        total = len(labels)
-        grads = {
-            c: g * (total / n) for c, g, n in zip(client_ids, smashed.grad.split(sizes), sizes, strict=True)
-        }
-
+        """One server step: (StepMetrics, the broadcast tensor or None, a GradientDelivery per upload)."""
+        batch = ServerBatch(
+            smashed=torch.cat([u.smashed for u in uploads]).to(self.device),
+            labels=torch.cat([u.labels for u in uploads]).to(self.device),
+            client_ids=[c for u in uploads for c in u.client_ids],
+            sizes=[n for u in uploads for n in u.sizes],
+        )
+        self._lr = self.config.server_lr * self.schedule.multiplier(epoch, self.config.epochs)
+        loss, grads = self.spec.server_step(self, batch, epoch, step)
         delivery = self.rule.deliver(grads, epoch, step)
-        shared = delivery.shared.cpu() if delivery.shared is not None else None
+        shared = delivery.shared.detach().cpu() if delivery.shared is not None else None
         deliveries = [
             GradientDelivery(
-                own={c: delivery.own[c].cpu() for c in u.client_ids if c in delivery.own},
+                own={c: delivery.own[c].detach().cpu() for c in u.client_ids if c in delivery.own},
                 averaged=[c for c in u.client_ids if c in delivery.shared_to],
             )
             for u in uploads
         ]
         self._account_step(uploads, deliveries, shared)
-        return (StepMetrics(loss.item(), total, sorted(delivery.shared_to)), shared, *deliveries)
+        return (StepMetrics(loss, len(batch.labels), sorted(delivery.shared_to)), shared, *deliveries)
+
+    def average_server_copies(self) -> None:
+        """SFLv1: FedAvg of the per-client top models (equal partitions: equal weights);
+        every copy continues from the mean. Server-internal: no bytes cross the split."""
+        states = [{k: v.detach().cpu() for k, v in t.state_dict().items()} for t in self.tops]
+        mean = fedavg([(weighted_state_sum(states, [1.0] * len(states)), float(len(states)))])
+        for top in self.tops:
+            top.load_state_dict(mean)
 
     def _account_step(
         self,
@@ -99,7 +128,9 @@ class Server:
     ) -> None:
         ledger = self.ledger
         for upload, delivery in zip(uploads, deliveries, strict=True):
-            row_bytes = (tensor_nbytes(upload.smashed) + tensor_nbytes(upload.labels)) // len(upload.labels)
+            row_bytes = (tensor_nbytes(upload.smashed) + tensor_nbytes(upload.labels)) // max(
+                1, len(upload.labels)
+            )
             for client_id, n in zip(upload.client_ids, upload.sizes, strict=True):
                 ledger.bytes_up[client_id] += n * row_bytes
             for client_id, grad in delivery.own.items():
@@ -131,13 +162,19 @@ class Server:
         self.ledger.bytes_up[client_id] += nbytes
 
     def state(self) -> dict:
-        """The top model and optimizer state, copied: the server's part of a checkpoint."""
-        return {"top": self.top_state(), "optimizer": copy.deepcopy(self.optimizer.state_dict())}
+        """The top model(s) and optimizer state(s), copied: the server's part of a checkpoint."""
+        return {
+            "tops": [weights_copy(t) for t in self.tops],
+            "optimizers": [copy.deepcopy(o.state_dict()) for o in self.optimizers],
+        }
 
     def load_state(self, state: dict) -> None:
         """Return to a checkpoint taken at the end of an epoch; the epoch's byte counts restart."""
-        self.top.load_state_dict(state["top"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        for top, optimizer, top_state, optimizer_state in zip(
+            self.tops, self.optimizers, state["tops"], state["optimizers"], strict=True
+        ):
+            top.load_state_dict(top_state)
+            optimizer.load_state_dict(optimizer_state)
         self.ledger = CommLedger(self.ledger.num_clients)
 
     def top_state(self) -> dict[str, torch.Tensor]:

@@ -19,8 +19,12 @@ def run_both(config, tmp_out):
 
 
 @pytest.mark.parametrize(
-    "method, extra", [("sglr", {"phi": 0.5, "alpha": 0.5}), ("sfl", {}), ("fl", {}), ("ssl", {})]
-)
+    "method, extra",
+    [
+        ("sglr", {"phi": 0.5, "alpha": 0.5}), ("sfl", {}), ("fl", {}), ("ssl", {}),
+        ("sflv1", {}), ("cyclesl", {"phi": 0.5}), ("gpsl", {"global_batch_size": 12, "alpha": 0.5}),
+    ],
+)  # fmt: skip
 def test_ray_matches_local_for_the_same_seed(ray_session, tiny_config, tmp_out, method, extra):
     config = tiny_config(
         method=method, clients=4, clients_per_actor=2, epochs=2, test_each_epoch=True, **extra

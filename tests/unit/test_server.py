@@ -79,7 +79,7 @@ def test_no_averaging_outside_the_phase(tiny_config):
 @pytest.mark.parametrize("clients, alpha", [(4, 0.5), (10, 1.0), (1, 2.0)])
 def test_server_optimizer_uses_split_lr(tiny_config, clients, alpha):
     server = Server(tiny_config(method="slr", clients=clients, alpha=alpha, lr=1e-3))
-    assert server.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * clients**alpha)
+    assert server.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-3 * clients**alpha)
 
 
 def test_byte_ledger_counts_uploads_unicasts_and_one_broadcast(tiny_config):
