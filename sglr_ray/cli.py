@@ -110,11 +110,20 @@ def run_grid(path: Path, parallel: int, dry_run: bool) -> int:
         extra = sorted(set(raw) - {"base", "grid"})
         if extra or "grid" not in raw:
             raise ConfigError(
-                f"--grid {str(path)!r} needs a `grid` mapping (and optional `base`), got {extra}"
+                f"--grid {str(path)!r} needs a `grid` mapping or list of them (and optional `base`), "
+                f"got {extra}"
             )
         base = check_setting_names(raw.get("base") or {}, f"--grid {str(path)!r} base")
-        grid = check_setting_names(raw["grid"], f"--grid {str(path)!r} grid")
-        configs = expand_grid(base, grid)
+        # `grid` is one mapping, or a list of them whose expansions are joined (a method
+        # with knobs of its own beside methods without); runs go seed by seed.
+        grids = raw["grid"] if isinstance(raw["grid"], list) else [raw["grid"]]
+        configs: dict[str, RunConfig] = {}
+        for grid in grids:
+            if not isinstance(grid, dict):
+                raise ConfigError(f"--grid {str(path)!r}: each grid must be a mapping, got {grid!r}")
+            grid = check_setting_names(grid, f"--grid {str(path)!r} grid")
+            configs |= {c.run_id: c for c in expand_grid(base, grid)}
+        configs = sorted(configs.values(), key=lambda c: c.seed)
         for out in {c.out for c in configs}:
             check_writable(out)
     except ConfigError as ex:

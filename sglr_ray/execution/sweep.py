@@ -24,7 +24,7 @@ from typing import Any
 
 import pandas as pd
 
-from sglr_ray.config import ConfigError, RunConfig, check_setting_names
+from sglr_ray.config import METHOD_SETTINGS, ConfigError, RunConfig, check_setting_names
 from sglr_ray.methods import MethodNotFoundError, get_method
 from sglr_ray.results.writer import readable_name
 
@@ -51,8 +51,9 @@ def expand_grid(base: dict[str, Any], grid: dict[str, list[Any]]) -> list[RunCon
         settings = base | combination
         try:
             method = get_method(settings.get("method", "sglr"))
-            for knob in method.fixed:  # a knob the method fixes is not varied for it
-                settings.pop(knob, None)
+            # A knob the method fixes, or a setting only other methods read, is not varied for it.
+            for name in [*method.fixed, *(s for s in METHOD_SETTINGS if s not in method.settings)]:
+                settings.pop(name, None)
             config = RunConfig(**settings)
         except (ConfigError, MethodNotFoundError) as ex:
             raise ConfigError(f"grid combination {combination}: {ex}") from ex
@@ -83,9 +84,12 @@ def pending(configs: list[RunConfig]) -> list[RunConfig]:
 
 
 def _run_one(config: RunConfig) -> str:
+    """Run one grid point; a run stopped part way (its checkpoint is on disk) carries on from it."""
+    from sglr_ray.execution.checkpoint import checkpoint_path
     from sglr_ray.execution.driver import run_experiment
 
-    return run_experiment(config).run_id
+    resume = checkpoint_path(config.out, config.run_id).exists()
+    return run_experiment(config, resume=resume).run_id
 
 
 def run_sweep(
