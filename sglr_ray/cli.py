@@ -143,7 +143,9 @@ def resumed_config(args: argparse.Namespace) -> RunConfig:
     if args.config or given:
         raise ConfigError(f"--resume uses the run's recorded settings; drop {', '.join(given) or '--config'}")
     out, run_id = args.resume.parent, args.resume.name
-    settings = read_run_settings(str(out), run_id)
+    settings = check_setting_names(
+        read_run_settings(str(out), run_id), f"--resume {str(args.resume)!r}: the run"
+    )
     return RunConfig(**settings | {"out": str(out), "run_id": run_id})
 
 

@@ -99,6 +99,11 @@ class RunConfig:
     )
     lr: float = setting(1e-3, "client learning rate (the server's is lr * C**alpha)", low=0, low_open=True)
     optimizer: str = setting("adam", "adam (betas 0.9/0.999) or sgd (momentum 0.9)", choices=("adam", "sgd"))
+    client_optimizer_state: str = setting(
+        "auto", "clients' optimizer state across rounds: reset (every round starts afresh, as FedAvg "
+        "and Flower do), keep, or auto (reset for methods that average client models, else keep)",
+        choices=("auto", "reset", "keep"),
+    )  # fmt: skip
     lr_schedule: str = setting(
         "constant", "learning rates over epochs, clients and server alike: constant, or step:F:G (multiply "
         "by G from epoch floor(F*E) on; the authors' code uses step:0.8:0.1)",
@@ -258,6 +263,13 @@ class RunConfig:
     def spec(self) -> Method:
         """The method's declaration (methods/)."""
         return get_method(self.method)
+
+    @property
+    def resets_client_optimizers(self) -> bool:
+        """Whether each round starts the clients' optimizers afresh (--client-optimizer-state)."""
+        if self.client_optimizer_state == "auto":
+            return self.spec.average_clients
+        return self.client_optimizer_state == "reset"
 
     @property
     def server_lr(self) -> float:
