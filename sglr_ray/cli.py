@@ -67,6 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--grid", type=Path, required=True, help="YAML or TOML file with `base` and `grid`")
     sweep.add_argument("--parallel", type=int, default=1, help="runs at once, each in its own process")
     sweep.add_argument("--dry-run", action="store_true", help="list the runs and stop")
+    sweep.add_argument(
+        "--backend", choices=("local", "ray"), default="local",
+        help="local: runs in this machine's processes (--parallel); ray: each run a Ray task on the "
+        "cluster RAY_ADDRESS names (or an embedded Ray), with retries and a status table",
+    )  # fmt: skip
+    sweep.add_argument(
+        "--cpus-per-run", type=float, default=1.0, help="--backend ray: CPUs each run asks for"
+    )
+    sweep.add_argument(
+        "--retries", type=int, default=2, help="--backend ray: retries of a run whose task died"
+    )
     report = commands.add_parser("report", help="write report.md and plots/ for a results directory")
     report.add_argument("out", type=Path, help="results directory (with runs/, epochs/, clients/)")
     report.add_argument("--path", type=Path, help="where to write the report (default: OUT/report.md)")
@@ -104,7 +115,7 @@ def load_config_file(path: Path) -> dict[str, Any]:
     return check_setting_names(read_mapping(path, "--config"), f"--config {str(path)!r}")
 
 
-def run_grid(path: Path, parallel: int, dry_run: bool) -> int:
+def run_grid(path: Path, parallel: int, dry_run: bool, args: argparse.Namespace | None = None) -> int:
     try:
         raw = read_mapping(path, "--grid")
         extra = sorted(set(raw) - {"base", "grid"})
@@ -133,8 +144,24 @@ def run_grid(path: Path, parallel: int, dry_run: bool) -> int:
     for config in configs:
         print(f"{'todo' if config.run_id in todo else 'done'}  {config.out}/runs/{config.run_id}.parquet")
     if not dry_run:
-        run_sweep(configs, parallel, on_done=lambda run_id: print(f"completed {run_id}", flush=True))
+        if args is not None and args.backend == "ray":
+            run_grid_on_ray(configs, args)
+        else:
+            run_sweep(configs, parallel, on_done=lambda run_id: print(f"completed {run_id}", flush=True))
     return 0
+
+
+def run_grid_on_ray(configs: list[RunConfig], args: argparse.Namespace) -> None:
+    import time
+
+    from sglr_ray.execution.ray_sweep import print_status, run_sweep_on_ray
+
+    started = time.monotonic()
+    done = run_sweep_on_ray(
+        configs, cpus_per_run=args.cpus_per_run, retries=args.retries,
+        on_status=lambda table: print_status(table, started),
+    )  # fmt: skip
+    print(f"completed {len(done)} runs on Ray", flush=True)
 
 
 def resumed_config(args: argparse.Namespace) -> RunConfig:
@@ -163,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "data":
         return locate_data(args.download)
     if args.command == "sweep":
-        return run_grid(args.grid, args.parallel, args.dry_run)
+        return run_grid(args.grid, args.parallel, args.dry_run, args)
     if args.command == "report":
         return write_report_for(args.out, args.path)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
