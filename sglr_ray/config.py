@@ -15,11 +15,10 @@ import dataclasses
 import difflib
 import hashlib
 import json
-import math
 import os
 import re
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sglr_ray.data import DATASETS
@@ -28,37 +27,11 @@ from sglr_ray.methods.phase import Phase, PhaseError
 from sglr_ray.methods.sglr import split_lr
 from sglr_ray.nodes.models import SPLIT_MODELS
 from sglr_ray.nodes.optim import LrSchedule
-
-
-class ConfigError(ValueError):
-    """A configuration value is out of range or inconsistent with another."""
-
+from sglr_ray.settings import ConfigError, checked_value, flag, setting
 
 DEFAULT_ALPHA = 0.5  # the paper's Table 4 SGLR setting
 DEFAULT_PHI = 0.5
 MAX_SEED = 2**32 - 1  # numpy's seed range
-
-
-def setting(
-    default: Any,
-    help: str,
-    *,
-    identity: bool = True,
-    choices: tuple | None = None,
-    low: float | None = None,
-    high: float | None = None,
-    low_open: bool = False,
-) -> Any:
-    """A RunConfig field with its metadata.
-
-    identity: whether the setting can change a recorded number; those settings
-      make up a run's identity. Where and how a run executes (executor, threads,
-      checkpoints) cannot, by design: the executors are checked to agree.
-    low/high: inclusive bounds (low_open: strictly greater than low).
-    """
-    meta = {"help": help, "identity": identity, "choices": choices, "low": low, "high": high,
-            "low_open": low_open}  # fmt: skip
-    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
@@ -181,7 +154,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
-            object.__setattr__(self, f.name, _checked_value(f, getattr(self, f.name)))
+            object.__setattr__(self, f.name, checked_value(f, setting_type(f), getattr(self, f.name)))
         try:
             method = get_method(self.method)
         except MethodNotFoundError as ex:
@@ -239,10 +212,11 @@ class RunConfig:
                 f"--batch-size {self.batch_size} is larger than a client's partition "
                 f"(--samples-per-client {self.samples_per_client})"
             )
-        for flag, value, limit in [("--val-samples", self.val_samples, meta.val_size),
-                                   ("--test-samples", self.test_samples, meta.test_size)]:  # fmt: skip
-            if value > limit:
-                raise ConfigError(f"{flag} {value} exceeds the {limit} images of that split")
+        for name, limit in (("val_samples", meta.val_size), ("test_samples", meta.test_size)):
+            if getattr(self, name) > limit:
+                raise ConfigError(
+                    f"{flag(name)} {getattr(self, name)} exceeds the {limit} images of that split"
+                )
 
     def _check_leakage(self, method: Method) -> None:
         if method.full_model:
@@ -340,42 +314,6 @@ def setting_type(f: dataclasses.Field) -> type:
     hint = _HINTS[f.name]
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     return args[0] if args else hint
-
-
-def flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _checked_value(f: dataclasses.Field, value: Any) -> Any:
-    """`value` as the setting's type, or a ConfigError naming the setting. Applies to flags
-    and config files alike: a string for a number, 2.5 for a count, nan, out-of-range values."""
-    kind, meta, name = setting_type(f), f.metadata, flag(f.name)
-    if value is None and f.default is None:
-        return None
-    if kind is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{name} must be true or false, got {value!r}")
-        return value
-    if kind is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{name} must be an integer, got {value!r}")
-    elif kind is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{name} must be a number, got {value!r}")
-        value = float(value)
-        if not math.isfinite(value):
-            raise ConfigError(f"{name} must be a finite number, got {value!r}")
-    elif not isinstance(value, str):
-        raise ConfigError(f"{name} must be a string, got {value!r}")
-    if meta["choices"] and value not in meta["choices"]:
-        raise ConfigError(f"{name} {value!r} is unknown; choose one of: {', '.join(meta['choices'])}")
-    low, high = meta["low"], meta["high"]
-    below = low is not None and (value <= low if meta["low_open"] else value < low)
-    if below or (high is not None and value > high):
-        bounds = [] if low is None else [f"> {low:.12g}" if meta["low_open"] else f">= {low:.12g}"]
-        bounds += [] if high is None else [f"<= {high:.12g}"]
-        raise ConfigError(f"{name} must be {' and '.join(bounds)}, got {value!r}")
-    return value
 
 
 def check_setting_names(settings: dict[str, Any], where: str) -> dict[str, Any]:

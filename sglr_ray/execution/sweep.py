@@ -70,11 +70,16 @@ def run_name(config: RunConfig) -> str:
 
 
 def completed_runs(out: str) -> set[str]:
+    """Run ids recorded as completed under `out`, file by file: a directory read would
+    take one file's schema, and runs written by other code versions differ in columns."""
     runs_dir = Path(out) / "runs"
-    if not runs_dir.is_dir() or not any(runs_dir.glob("*.parquet")):
+    if not runs_dir.is_dir():
         return set()
-    runs = pd.read_parquet(runs_dir, columns=["run_id", "status"])
-    return set(runs.loc[runs.status == "completed", "run_id"])
+    done = set()
+    for path in runs_dir.glob("*.parquet"):
+        row = pd.read_parquet(path, columns=["run_id", "status"])
+        done |= set(row.loc[row.status == "completed", "run_id"])
+    return done
 
 
 def pending(configs: list[RunConfig]) -> list[RunConfig]:
