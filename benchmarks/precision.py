@@ -7,7 +7,7 @@ CPU with bf16 matrix units, accuracy within 1.5 points). Which CPU features
 the machine has is recorded beside the numbers: without AMX or AVX512-BF16,
 bf16 runs through slow emulation paths.
 
-  .venv/bin/python benchmarks/precision.py --epochs 2 --samples-per-client 1000
+  .venv/bin/python -m benchmarks.precision --epochs 1 --samples-per-client 400
 """
 
 from __future__ import annotations
@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.threads} torch thread(s); torch {torch.__version__}; {platform.machine()}; "
         f"CPU bf16 features: {cpu_bf16_features()})"
     )
-    write_results(rows, "precision", title, "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]))
+    command = "python -m benchmarks.precision " + " ".join(argv or sys.argv[1:])
+    write_results(rows, "precision", title, command)
 
 
 if __name__ == "__main__":

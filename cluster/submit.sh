@@ -7,7 +7,7 @@ usage() {
   cat <<'EOF'
 Usage: cluster/submit.sh [--dry-run] [--pip] [--] [sglr-ray run flags...]
 
-Runs `python -m sglr_ray.cli run <flags>` as a Ray job: this repository is uploaded as the job's
+Runs `python -m sglr_ray run <flags>` as a Ray job: this repository is uploaded as the job's
 working_dir (without .venv, .git, results, out, caches), so the driver and every actor import the
 code as it is here.
 
@@ -95,7 +95,7 @@ command=(
   --working-dir "$repo_root"
   --runtime-env-json "$runtime_env_json"
   --
-  python -m sglr_ray.cli run --out "$out" "$@"
+  python -m sglr_ray run --out "$out" "$@"
 )
 
 export RAY_AUTH_MODE=token

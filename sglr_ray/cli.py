@@ -35,7 +35,9 @@ from sglr_ray.config import (
     setting_type,
 )
 from sglr_ray.data import DatasetNotFoundError, download_fashion_mnist, find_fashion_mnist
+from sglr_ray.errors import ActorOutOfMemoryError, PlacementError
 from sglr_ray.execution.driver import EpochResult, RunOutcome, run_experiment
+from sglr_ray.execution.interrupt import RunInterrupted, interruption, stop_on_signals
 from sglr_ray.execution.sweep import expand_grid, pending, run_sweep
 from sglr_ray.methods import METHODS
 from sglr_ray.results.summary import format_epoch_line, format_summary
@@ -187,6 +189,29 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        with stop_on_signals():  # the first SIGINT/SIGTERM stops the command; a second exits at once
+            return run_command(args)
+    except KeyboardInterrupt as stopped:
+        stop = interruption(stopped)
+        print(interrupted_message(args.command, stop), file=sys.stderr)
+        return stop.exit_code
+
+
+def interrupted_message(command: str, stop: RunInterrupted) -> str:
+    """The one line printed when a stop signal ends `command`: what stopped, and how to carry on."""
+    head = f"sglr-ray: {command} interrupted ({stop.signal_name})"
+    if command == "sweep":
+        return f"{head}; run it again to carry on: completed runs are skipped, interrupted ones resume"
+    if command != "run":
+        return head
+    if stop.run_id is None or not (Path(stop.out) / "runs" / f"{stop.run_id}.parquet").is_file():
+        return f"{head} before the run was recorded; nothing to resume"
+    done = "" if stop.epochs_done is None else f" after {stop.epochs_done} epochs"
+    return f"{head}: {stop.run_id}{done}; carry on with: sglr-ray run --resume {Path(stop.out) / stop.run_id}"
+
+
+def run_command(args: argparse.Namespace) -> int:
     if args.command == "data":
         return locate_data(args.download)
     if args.command == "sweep":
@@ -197,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = resumed_config(args) if args.resume else config_from_args(args)
         outcome = run_with_progress(config, resume=args.resume is not None)
-    except (ConfigError, DatasetNotFoundError) as ex:
+    except (ConfigError, DatasetNotFoundError, PlacementError, ActorOutOfMemoryError) as ex:
         print(f"sglr-ray: error: {ex}", file=sys.stderr)
         return 2
     print(format_summary(config, outcome))
@@ -243,7 +268,11 @@ def run_with_progress(config: RunConfig, resume: bool = False) -> RunOutcome:
             bars.pop(result.epoch).close()
         print(format_epoch_line(config, result), flush=True)
 
-    return run_experiment(config, progress, on_epoch, resume=resume)
+    try:
+        return run_experiment(config, progress, on_epoch, resume=resume)
+    finally:
+        for bar in bars.values():  # an interrupted epoch's bar
+            bar.close()
 
 
 if __name__ == "__main__":

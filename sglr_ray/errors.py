@@ -14,3 +14,15 @@ class ActorLostError(ExecutorError):
 
 class StaleActorError(RuntimeError):
     """Raised inside a restarted actor that has not been restored from a snapshot yet."""
+
+
+class PlacementError(ExecutorError):
+    """The run asks for more than the cluster has or can get (GPUs, CPUs, one node's share), or
+    for a device its processes lack. Raised before training starts; the message names the
+    setting to change and the numbers."""
+
+
+class ActorOutOfMemoryError(ExecutorError):
+    """Ray's memory monitor killed an actor (a client shard or the server). Not replayed from
+    a snapshot like other lost actors: the replay would need the same memory. The message
+    names the actor, the memory Ray reported and the settings that lower it."""

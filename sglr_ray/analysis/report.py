@@ -13,16 +13,25 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
 from sglr_ray.analysis import tables as analysis
-from sglr_ray.analysis.markdown import column_label, decimals_for, markdown_table
-from sglr_ray.analysis.tables import STATS, means
+from sglr_ray.analysis.markdown import decimals_for, markdown_table
+from sglr_ray.analysis.plots import write_plots
+from sglr_ray.analysis.sentences import (
+    beats_sentence,
+    leakage_sentence,
+    method_sentence,
+    rises_sentence,
+    server_saving_sentence,
+)
+from sglr_ray.analysis.tables import means
 from sglr_ray.results.atomic import atomic_path
 
-__all__ = ["write_report"]
+__all__ = ["collapse_stats", "write_report"]
+# The plain split engine, every knob off: PSL, the paper's baseline for SplitLr and SplitAvg.
+PLAIN = analysis.effective_method(analysis.GRID_METHODS[0], 0.0, 0.0)
 PAPER = analysis.paper_reference()
+CI_NOTE = "half-width of the 95% confidence interval (Student t, n - 1 degrees of freedom)"
 PAPER_NOTE = "The paper's figures (Fashion-MNIST; ResNet-16 in Tables 1-2, AlexNet, 5 clients in Table 4):"
 
 
@@ -51,7 +60,7 @@ def write_report(out: str | Path, path: str | Path | None = None) -> Path:
         suffix = "" if len(workloads) == 1 else f"-{number}"
         lines += ["", f"## {label}"]
         lines += _tables(group, epochs[epochs.run_id.isin(ids)], _rows_of(leakage, ids))
-        lines += _plots(group, epochs[epochs.run_id.isin(ids)], path.parent, suffix)
+        lines += write_plots(group, epochs[epochs.run_id.isin(ids)], path.parent, suffix)
     _write_text_atomic(path, "\n".join(lines) + "\n")
     return path
 
@@ -66,13 +75,14 @@ def _tables(runs: pd.DataFrame, epochs: pd.DataFrame, leakage: pd.DataFrame) -> 
         *_clients_phi(runs),
         *_phase(runs),
         *_methods(runs),
+        *_paired(runs),
         *_leakage(leakage),
         *_communication(epochs),
     ]
 
 
-def _section(title: str, table: pd.DataFrame, note: str) -> list[str]:
-    return ["", f"### {title}", "", markdown_table(table), "", note]
+def _section(title: str, table: pd.DataFrame, note: str, decimals: int | None = None) -> list[str]:
+    return ["", f"### {title}", "", markdown_table(table, decimals=decimals), "", note]
 
 
 def _paragraphs(*sentences: str) -> list[str]:
@@ -99,8 +109,8 @@ def _clients_alpha(runs: pd.DataFrame) -> list[str]:
         *_section("Table 1: accuracy by clients C and SplitLr alpha (phi = 0)", cells, note),
         *_with_paper(table, paper),
         *_paragraphs(
-            _rises_sentence(ours, paper, "alpha"),
-            _beats_sentence(ours, paper, "SplitLr (the best alpha > 0) beats alpha = 0", _is_psl),
+            rises_sentence(ours, paper, "alpha"),
+            beats_sentence(ours, paper, "SplitLr (the best alpha > 0) beats alpha = 0", _is_psl),
         ),
     ]
 
@@ -118,8 +128,8 @@ def _clients_phi(runs: pd.DataFrame) -> list[str]:
         *_section("Table 2: accuracy by clients C and (alpha, phi)", cells, note),
         *_with_paper(table, paper),
         *_paragraphs(
-            _rises_sentence(ours, paper, "(alpha, phi)"),
-            _beats_sentence(ours, paper, "SGLR (its best setting) beats PSL (alpha 0, phi 0)", _is_psl),
+            rises_sentence(ours, paper, "(alpha, phi)"),
+            beats_sentence(ours, paper, "SGLR (its best setting) beats PSL (alpha 0, phi 0)", _is_psl),
         ),
     ]
 
@@ -131,7 +141,7 @@ def _phase(runs: pd.DataFrame) -> list[str]:
     cells, note = collapse_stats(table)
     what = "Phased averaging (the best phase){} beats averaging every epoch"
     sentences = [
-        _beats_sentence(frame, None, what.format(alpha), _is_all) for alpha, frame in _by_alpha(means(table))
+        beats_sentence(frame, None, what.format(alpha), _is_all) for alpha, frame in _by_alpha(means(table))
     ]
     return [
         *_section("Table 3: accuracy by clients C and averaging phase (phi = 1)", cells, note),
@@ -154,15 +164,16 @@ def _methods(runs: pd.DataFrame) -> list[str]:
     table = analysis.method_comparison(runs)
     if table.empty:
         return []
-    shown = table.assign(acc=[_pm(m, s) for m, s in zip(table.acc, table.acc_std, strict=True)])
-    shown = shown.drop(columns="acc_std").rename(columns=_COST_NAMES)
+    shown = table.assign(acc=[_pm(m, h) for m, h in zip(table.acc, table.acc_ci95, strict=True)])
+    shown = shown.drop(columns=["acc_std", "acc_ci95"]).rename(columns=_COST_NAMES)
+    note = f"Accuracy: mean ± {CI_NOTE} over seeds; costs: mean."
     return [
-        *_section("Table 4: methods compared", shown, "Accuracy: mean ± std over seeds; costs: mean."),
+        *_section("Table 4: methods compared", shown, note),
         "",
         PAPER_NOTE,
         "",
         markdown_table(PAPER["table4"], exact=True),
-        *_paragraphs(_method_sentence(table, PAPER["table4"])),
+        *_paragraphs(method_sentence(table, PAPER["table4"])),
     ]
 
 
@@ -172,8 +183,8 @@ _COST_NAMES = {
 }  # fmt: skip
 
 
-def _pm(mean: float, std: float) -> str:
-    return f"{mean:.2f}" if pd.isna(std) else f"{mean:.2f} ± {std:.2f}"
+def _pm(mean: float, half: float) -> str:
+    return f"{mean:.2f}" if pd.isna(half) else f"{mean:.2f} ± {half:.2f}"
 
 
 def _leakage(leakage: pd.DataFrame) -> list[str]:
@@ -189,7 +200,7 @@ def _leakage(leakage: pd.DataFrame) -> list[str]:
         "The paper's reconstruction loss (6 clients; its own scale, so compare the trend only):",
         "",
         markdown_table(PAPER["table5"], exact=True),
-        *_paragraphs(_leakage_sentence(means(table), PAPER["table5"])),
+        *_paragraphs(leakage_sentence(means(table), PAPER["table5"])),
     ]
 
 
@@ -200,7 +211,7 @@ def _communication(epochs: pd.DataFrame) -> list[str]:
     title = "Communication per epoch (MB, all clients; per client: up + down)"
     note = "Mean over epochs and seeds. Server-sent counts a broadcast once."
     shown = table.rename(columns=_COMM_NAMES)
-    return [*_section(title, shown, note), *_paragraphs(_server_saving_sentence(table))]
+    return [*_section(title, shown, note), *_paragraphs(server_saving_sentence(table))]
 
 
 _COMM_NAMES = {
@@ -213,176 +224,80 @@ _COMM_NAMES = {
 
 
 def collapse_stats(table: pd.DataFrame) -> tuple[pd.DataFrame, str]:
-    """A table with a `stat` column level as text cells 'mean ± std', and a note saying over how
-    many seeds (cells carry '(n)' when that differs between cells)."""
-    mean, std, n = (table.xs(stat, axis=1, level="stat") for stat in STATS)
+    """A table with a `stat` column level as text cells 'mean ± ci95' (ci95: half-width of the
+    95% interval over seeds), and a note saying over how many seeds (cells carry '(n)' when that
+    differs between cells)."""
+    mean, half, n = (table.xs(stat, axis=1, level="stat") for stat in ("mean", "ci95", "n"))
     counts = {int(k) for k in n.to_numpy().ravel() if not pd.isna(k)}
     show_n = len(counts) > 1
 
-    def cell(m: float, s: float, k: float, decimals: int) -> str:
+    def cell(m: float, h: float, k: float, decimals: int) -> str:
         if pd.isna(m):
             return ""
-        text = f"{m:.{decimals}f}" + ("" if pd.isna(s) else f" ± {s:.{decimals}f}")
+        text = f"{m:.{decimals}f}" + ("" if pd.isna(h) else f" ± {h:.{decimals}f}")
         return text + (f" ({int(k)})" if show_n else "")
 
     decimals = [decimals_for(mean[c]) for c in mean.columns]
-    rows = zip(mean.to_numpy(), std.to_numpy(), n.to_numpy(), strict=True)
+    rows = zip(mean.to_numpy(), half.to_numpy(), n.to_numpy(), strict=True)
     cells = [[cell(*c) for c in zip(*row, decimals, strict=True)] for row in rows]
     if show_n:
-        note = "Mean ± std over seeds; the number of seeds in brackets."
+        note = f"Mean ± {CI_NOTE}; the number of seeds in brackets (one seed: no interval)."
     elif counts == {1}:
-        note = "One seed per cell."
+        note = "One seed per cell: no confidence interval."
     else:
-        note = f"Mean ± std over {counts.pop()} seeds."
+        note = f"Mean ± {CI_NOTE}, over {counts.pop()} seeds."
     return pd.DataFrame(cells, index=mean.index, columns=mean.columns), note
 
 
-# ---------------------------------------------------------------- sentences on the paper's trends
+# ---------------------------------------------------------------- paired differences against PSL
 
 
-def _rises_sentence(ours: pd.DataFrame, paper: pd.DataFrame, what: str) -> str:
-    return f"Accuracy rises with C for every {what}: {_drops_text(ours)}; in the paper: {_drops_text(paper)}."
+def _paired(runs: pd.DataFrame) -> list[str]:
+    """Every other setting minus the plain split engine (PSL) at the same C, seed and test images."""
+    frame = analysis.method_comparison(runs).reset_index()
+    control = {"method": PLAIN, "phase": "all"}
+    if frame.empty or not frame.method.eq(PLAIN).any():
+        return []
+    keys = [k for k in frame.columns if k in analysis.SETTING and k != "C"] + _method_settings(frame)
+    rows, skipped = {}, []
+    for setting in frame[keys].drop_duplicates().to_dict("records"):
+        if setting["method"] == PLAIN:
+            continue
+        label = analysis.setting_labels(pd.DataFrame([setting]).assign(C=None), with_clients=False)[0]
+        try:
+            table = analysis.paired_difference(runs, setting, control, by=["clients"])
+        except analysis.AmbiguousPairError as ex:
+            skipped.append(f"{label}: {ex}")
+            continue
+        for clients, row in table.iterrows():
+            rows[(label, clients)] = row
+    if not rows:
+        return []
+    return _paired_section(pd.DataFrame.from_dict(rows, orient="index"), skipped)
 
 
-def _drops_text(table: pd.DataFrame) -> str:
-    drops = analysis.drops_with_clients(table)
-    if not drops:
-        return "yes"
-    shown = [
-        f"{column_label(column, table.columns.names)} falls from C={c0} to C={c1}, {v0:.2f} to {v1:.2f}"
-        for column, c0, c1, v0, v1 in drops[:6]
-    ]
-    more = f", and {len(drops) - 6} more" if len(drops) > 6 else ""
-    return "no (" + "; ".join(shown) + more + ")"
+def _method_settings(frame: pd.DataFrame) -> list[str]:
+    return [k for k in analysis.setting_keys(frame) if k not in analysis.SETTING]
 
 
-def _beats_sentence(ours: pd.DataFrame, paper: pd.DataFrame | None, what: str, is_baseline) -> str:
-    text = _gain_text(ours, is_baseline)
-    if not text:
-        return ""
-    paper_text = _gain_text(paper, is_baseline) if paper is not None else ""
-    return f"{what} at every C > 1: {text}" + (f"; in the paper: {paper_text}" if paper_text else "") + "."
-
-
-def _gain_text(table: pd.DataFrame, is_baseline) -> str:
-    gains = analysis.gain_over(table, is_baseline)
-    if gains.empty:
-        return ""
-    names = table.columns.names
-    shown = [f"C={c}: {g:+.2f} points with {column_label(b, names)}" for c, g, b in gains.itertuples()]
-    return ("yes" if (gains.gain > 0).all() else "no") + " (" + "; ".join(shown) + ")"
-
-
-def _method_sentence(table: pd.DataFrame, paper: pd.DataFrame) -> str:
-    clients, best = analysis.best_per_method(table)
-    ranking = ", ".join(f"{m} {a:.2f}" for m, a in best.sort_values(ascending=False).items())
-    text = f"Best accuracy per method at C={clients}: {ranking}."
-    versus, paper_versus = _versus(best), _versus(paper.acc)
-    if versus:
-        text += f" {versus}; in the paper (C=5): {paper_versus}."
-    return text
-
-
-def _versus(best: pd.Series) -> str:
-    if "sglr" not in best.index:
-        return ""
-    rivals = [rival for rival in ("psl", "sfl", "fl", "cl") if rival in best.index]
-    gaps = [(rival, best["sglr"] - best[rival]) for rival in rivals]
-    return ", ".join(f"SGLR beats {r.upper()}: {'yes' if g > 0 else 'no'} ({g:+.2f} points)" for r, g in gaps)
-
-
-def _leakage_sentence(ours: pd.DataFrame, paper: pd.DataFrame) -> str:
-    mse = ours["mse"].groupby(level="phi").mean()
-    if 0 not in mse.index or mse.index.max() == 0:
-        return ""
-    top = mse.index.max()
-    low, high, paper_low, paper_high = mse.loc[0], mse.loc[top], paper.loss.loc[0.0], paper.loss.loc[1.0]
-    return (
-        f"Averaging leaks less (reconstruction MSE higher at phi={top:g} than at phi=0): "
-        f"{'yes' if high > low else 'no'} ({low:.4g} to {high:.4g}); in the paper (phi=1): "
-        f"{'yes' if paper_high > paper_low else 'no'} ({paper_low:g} to {paper_high:g})."
+def _paired_section(table: pd.DataFrame, skipped: list[str]) -> list[str]:
+    table.index = pd.MultiIndex.from_tuples(table.index, names=["setting", "C"])
+    shown = pd.DataFrame({
+        "pairs": table.n.astype(int), "setting %": table.treatment, f"{PLAIN} %": table.control,
+        "difference": table["diff"],
+        "95% interval": [_interval(lo, hi) for lo, hi in zip(table.low, table.high, strict=True)],
+    })  # fmt: skip
+    title = f"Paired differences against {PLAIN.upper()} (accuracy points)"
+    note = (
+        f"Each setting minus {PLAIN.upper()} at the same C, the same seed and the same test images; "
+        "the interval is Student t over the per-seed differences (one pair: none)."
     )
+    shown = _section(title, shown, note, decimals=2)  # accuracy points
+    return [*shown, *_paragraphs(*(f"Not paired: {s}" for s in skipped))]
 
 
-def _server_saving_sentence(table: pd.DataFrame) -> str:
-    saving = analysis.server_saving(table)
-    if saving.empty:
-        return ""
-    verdict = "yes" if (saving > 0).all() else "no"
-    ends = saving if len(saving) <= 4 else saving.sort_values().iloc[[0, -1]]  # a sweep: the extremes
-    shown = "; ".join(f"{label}: {percent:.1f}% less" for label, percent in ends.items())
-    what = "SplitAvg's broadcast cuts the bytes the server sends per epoch (against phi = 0 at the same C)"
-    return f"{what}: {verdict} ({'from ' if len(saving) > 4 else ''}{shown})."
-
-
-# ---------------------------------------------------------------- plots
-
-
-def _plots(runs: pd.DataFrame, epochs: pd.DataFrame, directory: Path, suffix: str) -> list[str]:
-    """Draw the plots that have data into `directory/plots`; return markdown that shows them."""
-    drawn = []
-    for name, title, draw in [
-        ("accuracy_per_epoch", "Validation accuracy per epoch", lambda: _plot_epochs(epochs)),
-        ("accuracy_vs_clients", "Final test accuracy against clients", lambda: _plot_clients(runs)),
-        ("costs_per_client", "Bytes and PFLOPs per client", lambda: _plot_costs(runs)),
-    ]:
-        figure = draw()
-        if figure is not None:
-            target = directory / "plots" / f"{name}{suffix}.png"
-            _save_figure_atomic(figure, target)
-            drawn.append(f"![{title}]({target.relative_to(directory).as_posix()})")
-    return ["", "### Plots", "", *drawn] if drawn else []
-
-
-def _plot_epochs(epochs: pd.DataFrame) -> Figure | None:
-    table = analysis.accuracy_per_epoch(epochs) if not epochs.empty else pd.DataFrame()
-    if table.empty:
-        return None
-    figure = Figure(figsize=(10, 5.5), layout="constrained")
-    axes = figure.subplots()
-    for number, setting in enumerate(table.columns):
-        style = ("-", "--", ":", "-.")[number // 10 % 4]  # the colour cycle repeats every 10 lines
-        axes.plot(table.index, table[setting], marker=".", linestyle=style, label=setting)
-    axes.set(xlabel="epoch", ylabel="validation accuracy (%)", title="Validation accuracy, mean over seeds")
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    columns = 1 + len(table.columns) // 25  # a sweep has dozens of settings: wrap the legend
-    axes.legend(fontsize="x-small", loc="center left", bbox_to_anchor=(1.01, 0.5), ncol=columns)
-    return figure
-
-
-def _plot_clients(runs: pd.DataFrame) -> Figure | None:
-    table = means(analysis.accuracy_by_clients_phi(runs))
-    if len(table) < 2:
-        return None
-    figure = Figure(figsize=(7, 4.5), layout="constrained")
-    axes = figure.subplots()
-    for alpha, phi in table.columns:
-        line = table[(alpha, phi)].dropna()
-        axes.plot(line.index, line.values, marker="o", label=f"alpha {alpha:g}, phi {phi:g}")
-    axes.set(xlabel="clients C", ylabel="final test accuracy (%)", xscale="log", title="Accuracy against C")
-    axes.set_xticks(table.index, [str(c) for c in table.index])
-    axes.legend(fontsize="small")
-    return figure
-
-
-def _plot_costs(runs: pd.DataFrame) -> Figure | None:
-    table = analysis.method_comparison(runs)
-    if table.empty:
-        return None
-    labels = analysis.setting_labels(table.reset_index())
-    figure = Figure(figsize=(max(7, 0.35 * len(labels) + 3), 7), layout="constrained")
-    top, bottom = figure.subplots(2, 1, sharex=True)
-    top.bar(labels, table.mb_per_client)
-    top.set(ylabel="MB moved per client (run)", title="Communication and compute per client")
-    bottom.bar(labels, table.client_pflops)
-    bottom.set(ylabel="PFLOPs per client (run)")
-    bottom.tick_params(axis="x", labelrotation=90, labelsize="small")
-    return figure
-
-
-def _save_figure_atomic(figure: Figure, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=110)
+def _interval(low: float, high: float) -> str:
+    return "" if pd.isna(low) else f"[{low:+.2f}, {high:+.2f}]"
 
 
 def _write_text_atomic(path: Path, text: str) -> None:

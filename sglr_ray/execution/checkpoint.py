@@ -1,8 +1,12 @@
 """Checkpoints: the state that makes a run resumable, in memory and on disk.
 
-A run's state after an epoch is every client's model and optimizer state and
+A run's state after an epoch is the clients' models and optimizer states and
 the server's; nothing else is needed, because shuffles and SplitAvg's active
-sets are pure functions of (seed, client, epoch, step). Restoring that state
+sets are pure functions of (seed, client, epoch, step). Where clients' models
+are averaged (FL, SFL, SFLv1) every client holds the global model after an
+epoch, so it is stored once; clients' optimizer states are stored only with
+--client-optimizer-state keep (ClientShard.state). An FL checkpoint under the
+default reset is one model, whatever the number of clients. Restoring that state
 and replaying from the next epoch reproduces an uninterrupted run exactly.
 
 Two copies serve two failures:
@@ -50,11 +54,18 @@ def restore(ex: Any, snapshot: Snapshot) -> None:
 
 def save(ex: Any, snapshot: Snapshot, path: Path) -> None:
     """Write `snapshot` to `path` atomically, with client states keyed by client id,
-    so a resumed run may place clients on shards differently."""
+    so a resumed run may place clients on shards differently. The global model
+    that every shard holds (FedAvg methods) is written once."""
     clients: dict[int, Any] = {}
-    for state in ex.get(snapshot.shards):
-        clients.update(state)
-    payload = {"epoch": snapshot.epoch, "clients": clients, "server": ex.get(snapshot.server)}
+    states = ex.get(snapshot.shards)
+    for state in states:
+        clients.update(state["clients"])
+    payload = {
+        "epoch": snapshot.epoch,
+        "model": states[0]["model"],  # None where clients keep their own models
+        "clients": clients,
+        "server": ex.get(snapshot.server),
+    }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
@@ -62,9 +73,16 @@ def save(ex: Any, snapshot: Snapshot, path: Path) -> None:
 def load(path: Path, shard_client_ids: list[list[int]]) -> Snapshot:
     """The checkpoint at `path`, split over shards holding `shard_client_ids`."""
     payload = torch.load(path, weights_only=True)
+    if "model" not in payload:
+        raise ValueError(
+            f"checkpoint {str(path)!r} was written by an older sglr-ray (one model per client); "
+            "start the run again under a new --run-id"
+        )
     clients = payload["clients"]
     missing = sorted({c for ids in shard_client_ids for c in ids} - set(clients))
     if missing:
         raise ValueError(f"checkpoint {str(path)!r} has no state for clients {missing}")
-    shards = [{c: clients[c] for c in ids} for ids in shard_client_ids]
+    shards = [
+        {"model": payload["model"], "clients": {c: clients[c] for c in ids}} for ids in shard_client_ids
+    ]
     return Snapshot(payload["epoch"], shards, payload["server"])

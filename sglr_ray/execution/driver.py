@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from sglr_ray.config import RunConfig, check_writable
 from sglr_ray.data import PreparedData, prepare_data, to_model_input
 from sglr_ray.errors import ActorLostError
-from sglr_ray.execution import checkpoint
+from sglr_ray.execution import checkpoint, interrupt
 from sglr_ray.measure.energy import EnergyMeter, open_meter
 from sglr_ray.measure.flops import EpochFlops, epoch_flops
 from sglr_ray.nodes.models import SPLIT_MODELS, bottom_state_nbytes
@@ -141,7 +141,11 @@ def train_sequential_epoch(
 def train_local_epoch(
     ex: Executor, config: RunConfig, epoch: int, progress: ProgressFn | None = None
 ) -> float:
-    """CL and FL: each shard trains its clients' whole models on their own data, shards in parallel."""
+    """CL and FL: each shard trains its clients' whole models on their own data, shards in parallel.
+
+    FL: a shard trains its clients one after another, each from the round's global model,
+    and sums the results for `average_client_models` as it goes (ClientShard.train_local).
+    """
     if config.spec.pooled_data and epoch == 0:  # the clients' raw data goes to the data centre, once
         for client, nbytes in enumerate(ex.partition_nbytes):
             ex.call(ex.server, "receive_raw_data", client, nbytes)
@@ -153,7 +157,12 @@ def train_local_epoch(
 
 
 def average_client_models(ex: Executor) -> None:
-    """FedAvg of the clients' models (SFL: bottoms; FL: whole models), weighted by partition size."""
+    """FedAvg of the clients' models (SFL: bottoms; FL: whole models), weighted by partition size.
+
+    Each shard uploads sum_i n_i * w_i over its clients; the mean goes back to every shard
+    and is where every client starts the next round (its optimizer afresh, under
+    --client-optimizer-state reset).
+    """
     uploads = [ex.call(shard, "upload_models") for shard in ex.shards]
     mean_state = ex.call(ex.server, "average_client_models", *uploads)
     ex.get([ex.call(shard, "load_model_state", mean_state) for shard in ex.shards])
@@ -291,8 +300,10 @@ def run_experiment(
     """Run one experiment end to end and record it under `config.out`.
 
     Results are rewritten after every epoch, so a crash loses at most the epoch
-    in progress, and the run's status says how it ended. With `resume`, the run
-    `config.run_id` carries on from its last checkpoint on disk.
+    in progress, and the run's status says how it ended. A KeyboardInterrupt (a stop
+    signal under interrupt.stop_on_signals, Ctrl-C, ray.cancel) records it as
+    `interrupted` and comes out as RunInterrupted naming the run. With `resume`, the
+    run `config.run_id` carries on from its last checkpoint on disk.
     """
     started = time.perf_counter()
     check_writable(config.out)
@@ -330,10 +341,19 @@ def run_experiment(
         writer.finish(
             "completed", final_test_acc=final, wall_s=elapsed_before + time.perf_counter() - started
         )
+    except BaseException as error:
+        stopped = isinstance(error, KeyboardInterrupt)  # a stop signal (interrupt.py), Ctrl-C, ray.cancel
+        if writer.started:  # before start() the tables on disk are still the last invocation's
+            wall_s = elapsed_before + time.perf_counter() - started
+            writer.finish("interrupted" if stopped else "failed", final_test_acc=None, wall_s=wall_s)
+        if not stopped:
+            raise
+        stop = interrupt.interruption(error)  # the checkpoint stays: --resume carries on from it
+        stop.run_id, stop.out = run_id, config.out
+        stop.epochs_done = len(writer.epoch_rows) if writer.started else None
+        raise stop from (None if stop is error else error)
+    else:
         saved_path.unlink(missing_ok=True)  # a completed run has nothing to resume
-    except BaseException:
-        writer.finish("failed", final_test_acc=None, wall_s=elapsed_before + time.perf_counter() - started)
-        raise
     finally:
         ex.close()
     return RunOutcome(run_id, writer.paths, results, final, time.perf_counter() - started, writer.run_row)

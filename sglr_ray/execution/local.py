@@ -13,7 +13,7 @@ import torch
 
 from sglr_ray.config import RunConfig
 from sglr_ray.data import PreparedData
-from sglr_ray.execution.placement import shard_clients
+from sglr_ray.execution.placement import choose_device, shard_clients
 from sglr_ray.nodes.client import ClientShard, client_partitions
 from sglr_ray.nodes.server import Server
 
@@ -25,14 +25,16 @@ class LocalExecutor:
         # Set explicitly: the Ray executor does the same in every actor, and the
         # two only agree to the last bit when they run the same thread count.
         torch.set_num_threads(config.torch_threads or os.cpu_count() or 1)
-        device = "cuda" if config.gpus_per_client > 0 and torch.cuda.is_available() else "cpu"
+        # One process holds everything: it "was given a GPU" when the run asks for any.
+        gpus_requested = config.gpus_per_client > 0 or config.server_gpus > 0
+        self.device = choose_device(config.device, gpus_requested, torch.cuda.is_available())
         partitions = client_partitions(config, data)
         self.partition_nbytes = [p.nbytes for p in data.partitions]
         self.clients_per_shard = config.clients_per_actor or len(partitions)
         self.shard_client_ids = shard_clients(len(partitions), self.clients_per_shard)
-        self.server = Server(config, device)
+        self.server = Server(config, self.device)
         self.shards = [
-            ClientShard(config, ids, [partitions[i] for i in ids], data.val, data.test, device)
+            ClientShard(config, ids, [partitions[i] for i in ids], data.val, data.test, self.device)
             for ids in self.shard_client_ids
         ]
 

@@ -1,12 +1,54 @@
-"""How clients are grouped into shards, and what each process is given to run on."""
+"""How clients are grouped into shards, what each process asks Ray for, and whether that fits.
+
+Pure arithmetic on numbers read from Ray elsewhere (ray_cluster.py), so every
+rule here is unit-tested without Ray. The rules are Ray's own:
+
+- an actor runs whole on one node;
+- a GPU request below 1 shares one GPU with others, a request of 1 or more
+  takes whole GPUs and must be a whole number (Ray refuses 1.5);
+- requests are counted in units of 1e-4.
+"""
 
 from __future__ import annotations
 
+import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+from sglr_ray.errors import PlacementError
+
+if TYPE_CHECKING:  # only its fields are read: no import of the settings machinery at run time
+    from sglr_ray.config import RunConfig
+
+log = logging.getLogger(__name__)
 
 # A Ray worker that has imported torch costs about this much resident memory.
 WORKER_MEMORY_BYTES = 600 * 2**20
+RESOURCE_UNIT = 1e-4  # Ray's resource granularity
+EPS = 1e-9
+# Past this many tries the packing search gives up and answers "unknown", which
+# callers treat as "may fit": refusing a run that would fit is the worse mistake.
+SEARCH_STEPS = 20_000
+SEARCH_MAX_ACTORS = 60  # beyond this, only the first-fit pass (the search recurses once per actor)
+UNLIMITED_NODES = 10**6  # the count of an autoscaler node type without a maximum
+
+
+@dataclass(frozen=True)
+class NodeShape:
+    """Ray's logical CPUs and GPUs on one node, for `count` nodes alike (for a node type an
+    autoscaler can add, the most it can add)."""
+
+    cpus: float
+    gpus: float = 0.0
+    count: int = 1
+
+
+@dataclass(frozen=True)
+class ActorRequest:
+    name: str
+    cpus: float
+    gpus: float
 
 
 @dataclass(frozen=True)
@@ -15,6 +57,40 @@ class Placement:
     shard_client_ids: list[list[int]]
     cpus_per_actor: float  # Ray scheduling request for every actor, server included
     torch_threads: int  # torch intra-op threads in each process
+    server_gpus: float = 0.0
+    shard_gpus: tuple[float, ...] = ()  # each shard's GPU request, in shard order
+    shortfall: str | None = None  # what the nodes lack for this request, with the numbers; None: it fits
+
+    def actor_requests(self) -> list[ActorRequest]:
+        """The server first, then one request per shard."""
+        server = ActorRequest("server", self.cpus_per_actor, self.server_gpus)
+        return [server] + [
+            ActorRequest(shard_name(ids), self.cpus_per_actor, gpus)
+            for ids, gpus in zip(self.shard_client_ids, self.shard_gpus, strict=True)
+        ]
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    nodes: list[NodeShape]  # the alive nodes now
+    memory_bytes: float  # Ray's logical memory over the alive nodes
+    autoscaler: bool  # whether something may add nodes
+    node_types: list[NodeShape] | None  # what an autoscaler can add, each at its most; None: unknown
+
+    @property
+    def nodes_possible(self) -> list[NodeShape]:
+        """The alive nodes plus every node the autoscaler could add (an upper bound)."""
+        return self.nodes + (self.node_types or [])
+
+    def describe(self) -> str:
+        text = f"nodes now: {describe_nodes(self.nodes)}"
+        if self.node_types:
+            return f"{text}; the autoscaler can add up to: {describe_nodes(self.node_types)}"
+        return f"{text}; an autoscaler runs but does not say what it can add" if self.autoscaler else text
+
+
+def shard_name(client_ids: list[int]) -> str:
+    return f"clients-{client_ids[0]}-{client_ids[-1]}"
 
 
 def shard_clients(num_clients: int, clients_per_shard: int) -> list[list[int]]:
@@ -25,40 +101,334 @@ def shard_clients(num_clients: int, clients_per_shard: int) -> list[list[int]]:
     ]
 
 
-def fit_cpu_request(node_cpus: list[float], actors: int) -> float:
-    """The largest CPU request x <= 1 such that `actors` actors of x CPUs fit on the nodes.
+def gpu_quantity(gpus_per_client: float, clients: int) -> float:
+    """A shard's GPU request, rounded to Ray's unit (0.1 x 3 is 0.3, not 0.30000000000000004)."""
+    return round(round(gpus_per_client * clients / RESOURCE_UNIT) * RESOURCE_UNIT, 4)
+
+
+def valid_gpu_request(gpus: float) -> bool:
+    """Whether Ray takes `gpus` as a request: 0, a fraction of one GPU, or whole GPUs."""
+    if gpus <= EPS:
+        return True
+    if gpus < RESOURCE_UNIT - EPS:
+        return False
+    return gpus < 1 + EPS or abs(gpus - round(gpus)) < EPS
+
+
+# --- packing -------------------------------------------------------------------------
+
+
+class _Node:
+    """One node's free CPUs and the free share of each of its GPUs."""
+
+    def __init__(self, shape: NodeShape) -> None:
+        self.cpus = shape.cpus
+        whole = int(shape.gpus + EPS)
+        self.gpus = [1.0] * whole + ([shape.gpus - whole] if shape.gpus - whole > EPS else [])
+
+    def key(self) -> tuple:
+        return round(self.cpus, 6), tuple(sorted(round(g, 6) for g in self.gpus))
+
+    def take(self, actor: ActorRequest) -> list[tuple[int, float]] | None:
+        """Reserve the actor here; the GPU shares taken (to give back), or None if it does not fit."""
+        if actor.cpus > self.cpus + EPS:
+            return None
+        if actor.gpus <= EPS:
+            used: list[tuple[int, float]] = []
+        elif actor.gpus < 1 - EPS:  # a share of one GPU: the fullest GPU it still fits on
+            fits = [i for i, free in enumerate(self.gpus) if free + EPS >= actor.gpus]
+            if not fits:
+                return None
+            used = [(min(fits, key=lambda i: self.gpus[i]), actor.gpus)]
+        else:
+            wanted = round(actor.gpus)
+            whole = [i for i, free in enumerate(self.gpus) if free >= 1 - EPS][:wanted]
+            if len(whole) < wanted:
+                return None
+            used = [(i, 1.0) for i in whole]
+        self.cpus -= actor.cpus
+        for i, amount in used:
+            self.gpus[i] -= amount
+        return used
+
+    def give_back(self, actor: ActorRequest, used: list[tuple[int, float]]) -> None:
+        self.cpus += actor.cpus
+        for i, amount in used:
+            self.gpus[i] += amount
+
+
+def pack_actors(actors: list[ActorRequest], nodes: list[NodeShape]) -> bool | None:
+    """Whether every actor fits whole on some node, all at once.
+
+    True or False when decided; None when the search ran out of steps (only
+    possible for mixed requests that first fit cannot pack).
+    """
+    order = sorted(actors, key=lambda a: (a.gpus, a.cpus), reverse=True)
+    bins = [_Node(s) for s in nodes for _ in range(min(s.count, len(actors)))]
+    if _first_fit(order, bins):
+        return True
+    # First fit is exact for identical actors (each node takes as many as it holds).
+    if len({(a.cpus, a.gpus) for a in order}) == 1 or not _within_totals(order, nodes):
+        return False
+    if len(order) > SEARCH_MAX_ACTORS:
+        return None
+    bins = [_Node(s) for s in nodes for _ in range(min(s.count, len(actors)))]
+    steps = [0]
+    try:
+        return _search(order, 0, bins, steps)
+    except _SearchExhaustedError:
+        return None
+
+
+def _within_totals(actors: list[ActorRequest], nodes: list[NodeShape]) -> bool:
+    """What any packing needs: the totals within the nodes', and each actor on some empty node."""
+    n = len(actors)
+    if sum(a.cpus for a in actors) > sum(s.cpus * min(s.count, n) for s in nodes) + EPS:
+        return False
+    if sum(a.gpus for a in actors) > sum(s.gpus * min(s.count, n) for s in nodes) + EPS:
+        return False
+    return all(any(_Node(s).take(a) is not None for s in nodes) for a in actors)
+
+
+def _first_fit(order: list[ActorRequest], bins: list[_Node]) -> bool:
+    # take() reserves as it goes: each actor lands on the first node with room.
+    return all(any(b.take(actor) is not None for b in bins) for actor in order)
+
+
+class _SearchExhaustedError(Exception):
+    """The packing search used up SEARCH_STEPS."""
+
+
+def _search(order: list[ActorRequest], i: int, bins: list[_Node], steps: list[int]) -> bool:
+    if i == len(order):
+        return True
+    steps[0] += 1
+    if steps[0] > SEARCH_STEPS:
+        raise _SearchExhaustedError
+    tried = set()  # nodes in the same state are interchangeable: try one of them
+    for b in bins:
+        if b.key() in tried:
+            continue
+        tried.add(b.key())
+        used = b.take(order[i])
+        if used is None:
+            continue
+        if _search(order, i + 1, bins, steps):
+            return True
+        b.give_back(order[i], used)
+    return False
+
+
+def fit_cpu_request(nodes: list[NodeShape], actor_gpus: list[float]) -> float | None:
+    """The largest CPU request x <= 1 such that one actor per entry of `actor_gpus`
+    (its GPU request), each asking x CPUs, packs onto the nodes; None if none does.
 
     Dividing the cluster's total by the actor count is not enough: on two
-    1-CPU nodes, three actors of 0.67 CPU leave one that fits on neither.
+    1-CPU nodes, three actors of 0.67 CPU leave one that fits on neither; and
+    actors that ask for GPUs need their CPUs on the nodes with GPUs.
     """
-    candidates = {min(1.0, c / k) for c in node_cpus if c > 0 for k in range(1, actors + 1)}
-    for request in sorted(candidates, reverse=True):
-        request = math.floor(request * 1e4) / 1e4  # Ray's resource granularity
-        if sum(math.floor(c / request + 1e-9) for c in node_cpus) >= actors:
-            return request
-    raise ValueError(f"{actors} actors do not fit on nodes with CPUs {node_cpus}")
+    n = len(actor_gpus)
+    candidates = sorted(
+        {round(math.floor(min(1.0, s.cpus / k) / RESOURCE_UNIT + EPS) * RESOURCE_UNIT, 4)
+         for s in nodes if s.cpus > 0 for k in range(1, n + 1)} - {0.0},
+        reverse=True,
+    )  # fmt: skip
+
+    def packs(x: float) -> bool:
+        # "Unknown" counts as a fit: the start-up wait catches what does not place.
+        return pack_actors([ActorRequest("", x, g) for g in actor_gpus], nodes) is not False
+
+    # A smaller request packs wherever a larger one does: binary search for the largest.
+    low, high = 0, len(candidates)
+    while low < high:
+        mid = (low + high) // 2
+        if packs(candidates[mid]):
+            high = mid
+        else:
+            low = mid + 1
+    return candidates[low] if low < len(candidates) else None
+
+
+# --- the plan -------------------------------------------------------------------------
 
 
 def plan_placement(
-    num_clients: int, clients_per_actor: int, torch_threads: int, node_cpus: list[float], memory_bytes: float
+    num_clients: int,
+    clients_per_actor: int,
+    torch_threads: int,
+    nodes: list[NodeShape],
+    memory_bytes: float,
+    gpus_per_client: float = 0.0,
+    server_gpus: float = 0.0,
 ) -> Placement:
-    """Fit the clients to a cluster whose nodes have `node_cpus` CPUs and `memory_bytes` in all.
+    """Fit the clients to `nodes` (with `memory_bytes` of memory in all).
 
     With clients_per_actor = 0, give each client its own actor when the
     cluster has a CPU for each (plus one for the server) and memory for each
-    worker; otherwise pack clients into as many shards as fit.
+    worker; otherwise pack clients into as many shards as fit, keeping each
+    shard's GPU request one Ray accepts. Requests Ray would refuse outright
+    raise PlacementError; requests the nodes cannot hold come back with
+    `shortfall` set (an autoscaler may still add what is missing).
     """
-    cpus = sum(node_cpus)
-    per_shard = clients_per_actor
-    if per_shard == 0:
-        max_shards = max(1, min(int(cpus) - 1, int(memory_bytes // WORKER_MEMORY_BYTES) - 1))
-        per_shard = math.ceil(num_clients / min(num_clients, max_shards))
+    cpus = sum(s.cpus * s.count for s in nodes)
+    per_shard = clients_per_actor or default_clients_per_shard(num_clients, cpus, memory_bytes)
+    if clients_per_actor == 0:
+        while per_shard > 1 and not valid_gpu_request(gpu_quantity(gpus_per_client, per_shard)):
+            per_shard -= 1
     shards = shard_clients(num_clients, per_shard)
-    return Placement(
+    shard_gpus = tuple(gpu_quantity(gpus_per_client, len(ids)) for ids in shards)
+    check_gpu_requests(gpus_per_client, server_gpus, per_shard, shard_gpus)
+    cpus_per_actor = fit_cpu_request(nodes, [server_gpus, *shard_gpus])
+    placement = Placement(
         clients_per_shard=per_shard,
         shard_client_ids=shards,
-        cpus_per_actor=fit_cpu_request(node_cpus, len(shards) + 1),
+        # Nothing fits: ask for whole CPUs, which an autoscaler adds nodes for.
+        cpus_per_actor=cpus_per_actor or 1.0,
         # Within a step the shards work while the server waits, then the other
-        # way round: only the shards compete for CPUs with each other.
-        torch_threads=torch_threads or max(1, int(cpus) // len(shards)),
+        # way round: only the shards compete for CPUs with each other (and no
+        # actor gets more threads than one node has cores).
+        torch_threads=torch_threads or max(1, min(int(cpus) // len(shards), int(max_node_cpus(nodes)))),
+        server_gpus=server_gpus,
+        shard_gpus=shard_gpus,
     )
+    if cpus_per_actor is None:
+        return replace(placement, shortfall=describe_shortfall(placement, nodes, gpus_per_client))
+    return placement
+
+
+def max_node_cpus(nodes: list[NodeShape]) -> float:
+    return max((s.cpus for s in nodes), default=0.0)
+
+
+def plan_for_cluster(config: RunConfig, num_clients: int, cluster: ClusterView) -> Placement:
+    """Plan on the alive nodes; where they fall short, count what an autoscaler can add.
+
+    PlacementError when nothing can hold the request: at once without an
+    autoscaler, or when even every node the autoscaler can add falls short. An
+    autoscaler that does not say what it can add gets --placement-timeout-s.
+    """
+    want = {"num_clients": num_clients, "clients_per_actor": config.clients_per_actor,
+            "torch_threads": config.torch_threads, "memory_bytes": cluster.memory_bytes,
+            "gpus_per_client": config.gpus_per_client, "server_gpus": config.server_gpus}  # fmt: skip
+    placement = plan_placement(nodes=cluster.nodes, **want)
+    if placement.shortfall is None:
+        return placement
+    if not cluster.autoscaler:
+        raise PlacementError(f"{placement.shortfall} [{cluster.describe()}]")
+    if cluster.node_types is not None:
+        placement = plan_placement(nodes=cluster.nodes_possible, **want)
+        if placement.shortfall is not None:
+            raise PlacementError(f"{placement.shortfall}, counting the nodes the autoscaler can add "
+                                 f"[{cluster.describe()}]")  # fmt: skip
+        return placement
+    log.warning(
+        "%s [%s]; waiting up to %g s (--placement-timeout-s) for the autoscaler",
+        placement.shortfall, cluster.describe(), config.placement_timeout_s,
+    )  # fmt: skip
+    return placement
+
+
+def default_clients_per_shard(num_clients: int, cpus: float, memory_bytes: float) -> int:
+    max_shards = max(1, min(int(cpus) - 1, int(memory_bytes // WORKER_MEMORY_BYTES) - 1))
+    return math.ceil(num_clients / min(num_clients, max_shards))
+
+
+def check_gpu_requests(
+    gpus_per_client: float, server_gpus: float, per_shard: int, shard_gpus: tuple[float, ...]
+) -> None:
+    """Raise PlacementError for a GPU request Ray refuses whatever the cluster (1.5 GPUs)."""
+    if not valid_gpu_request(server_gpus):
+        raise PlacementError(
+            f"--server-gpus {server_gpus:g}: Ray takes a GPU request of at least {RESOURCE_UNIT:g} and "
+            "below 1 (a share of one GPU) or a whole number of GPUs"
+        )
+    bad = next((g for g in shard_gpus if not valid_gpu_request(g)), None)
+    if bad is None:
+        return
+    fitting = [k for k in range(1, per_shard + 1) if gpu_quantity(gpus_per_client, k) <= 1 + EPS]
+    hint = f"set --clients-per-actor {fitting[-1]} or less" if fitting else "change --gpus-per-client"
+    raise PlacementError(
+        f"a shard of {round(bad / gpus_per_client)} clients x --gpus-per-client {gpus_per_client:g} asks "
+        f"for {bad:g} GPUs; Ray takes a share of one GPU (below 1) or whole GPUs, not {bad:g} ({hint})"
+    )
+
+
+def describe_shortfall(placement: Placement, nodes: list[NodeShape], gpus_per_client: float) -> str:
+    """What the nodes lack for the placement's actors, naming the setting to change."""
+    clients = sum(len(ids) for ids in placement.shard_client_ids)
+    have_gpus = sum(s.gpus * s.count for s in nodes)
+    shard_total = gpu_quantity(gpus_per_client, clients)
+    if shard_total + placement.server_gpus > have_gpus + EPS:
+        spare = max(0.0, have_gpus - placement.server_gpus)
+        room = round(math.floor(spare / clients / RESOURCE_UNIT) * RESOURCE_UNIT, 4)
+        server = ", or lower --server-gpus" if placement.server_gpus > 0 else ""
+        if room > 0:
+            hint = f"set --gpus-per-client {room:g} or less{server}"
+        else:
+            hint = f"set --gpus-per-client 0 to train the clients on CPUs{server}"
+        return (
+            f"{clients} clients x {gpus_per_client:g} GPU = {gpus_text(shard_total)} for the client shards, "
+            f"plus {placement.server_gpus:g} for the server; the cluster has {gpus_text(have_gpus)} ({hint})"
+        )
+    node_gpus = max((s.gpus for s in nodes), default=0.0)
+    biggest = max(placement.shard_gpus, default=0.0)
+    if biggest > node_gpus + EPS:
+        sizes = [gpu_quantity(gpus_per_client, k) for k in range(1, placement.clients_per_shard + 1)]
+        fitting = [k for k, g in enumerate(sizes, 1) if valid_gpu_request(g) and g <= node_gpus + EPS]
+        per_node = fitting[-1] if fitting else 1
+        return (
+            f"a shard of {placement.clients_per_shard} clients x {gpus_per_client:g} GPU = "
+            f"{gpus_text(biggest)} must run on one node, and the largest node has {gpus_text(node_gpus)} "
+            f"(set --clients-per-actor {per_node} or less)"
+        )
+    if placement.server_gpus > node_gpus + EPS:
+        return f"--server-gpus {placement.server_gpus:g} must fit on one node; the largest has {node_gpus:g}"
+    actors = placement.actor_requests()
+    who = f"the {len(actors)} actors (server and {len(actors) - 1} client shards)"
+    cpus = sum(s.cpus * s.count for s in nodes)
+    if cpus <= 0:
+        return f"the cluster has no CPUs for {who} (a head started with --num-cpus 0 and no workers yet?)"
+    wanted = ", ".join(f"{a.name}: {a.gpus:g} GPU" for a in actors if a.gpus > 0)
+    return (
+        f"{who} do not fit on the nodes with any CPU request: the cluster has {cpus:g} CPUs"
+        + (f"; {wanted}, and an actor that asks for a GPU needs its CPU on that GPU's node" if wanted else "")
+        + " (set --clients-per-actor, --gpus-per-client or --server-gpus)"
+    )
+
+
+def gpus_text(gpus: float) -> str:
+    return f"{gpus:g} GPU" if gpus == 1 else f"{gpus:g} GPUs"
+
+
+def describe_nodes(nodes: list[NodeShape]) -> str:
+    def count(s: NodeShape) -> str:
+        return "any number" if s.count >= UNLIMITED_NODES else str(s.count)
+
+    return ", ".join(f"{count(s)} x ({s.cpus:g} CPU, {s.gpus:g} GPU)" for s in nodes) or "none"
+
+
+def memory_shortfall(actors: int, memory_bytes: float) -> str | None:
+    """A warning when the actors' worker processes likely exceed the cluster's memory; Ray does
+    not schedule by it (the actors ask for none), so it is an estimate, not a refusal."""
+    need = actors * WORKER_MEMORY_BYTES
+    if need <= memory_bytes:
+        return None
+    return (
+        f"{actors} actors x about {WORKER_MEMORY_BYTES / 2**20:.0f} MiB per torch worker = "
+        f"{need / 2**30:.1f} GiB, and the cluster has {memory_bytes / 2**30:.1f} GiB of Ray memory: "
+        "workers may be killed for memory (set --clients-per-actor to put more clients in one actor)"
+    )
+
+
+def choose_device(setting: str, given_gpus: bool, cuda_available: bool) -> str:
+    """The torch device for a process: --device cpu or cuda as asked, or auto: cuda when the
+    process was given a GPU and torch sees one. PlacementError for cuda where torch sees none."""
+    if setting == "cuda" and not cuda_available:
+        raise PlacementError(
+            "--device cuda, but torch sees no CUDA device in this process "
+            f"(torch.cuda.is_available() is False{'' if given_gpus else '; no GPU was requested for it'}): "
+            "use --device auto or cpu, or a torch build and node with CUDA"
+        )
+    if setting == "auto":
+        return "cuda" if given_gpus and cuda_available else "cpu"
+    return setting

@@ -12,6 +12,9 @@ import logging
 import os
 import time
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -19,8 +22,25 @@ import torch
 
 from sglr_ray.config import RunConfig
 from sglr_ray.data import PreparedData
-from sglr_ray.errors import ActorLostError, ExecutorError, StaleActorError
-from sglr_ray.execution.placement import plan_placement
+from sglr_ray.errors import (
+    ActorLostError,
+    ActorOutOfMemoryError,
+    ExecutorError,
+    PlacementError,
+    StaleActorError,
+)
+from sglr_ray.execution import interrupt
+from sglr_ray.execution.memory_kill import describe_memory_kill
+from sglr_ray.execution.placement import (
+    ClusterView,
+    Placement,
+    choose_device,
+    memory_shortfall,
+    plan_for_cluster,
+    shard_name,
+)
+from sglr_ray.execution.ray_cluster import read_cluster, wait_for_actors
+from sglr_ray.methods import method_file
 from sglr_ray.nodes.client import ClientShard, client_partitions
 from sglr_ray.nodes.server import Server
 
@@ -29,6 +49,17 @@ log = logging.getLogger(__name__)
 
 __all__ = ["ActorLostError", "ClientActor", "ExecutorError", "RayExecutor", "ServerActor", "connect"]
 RECOVERY_TIMEOUT_S = 120.0  # how long a restarted actor may take to come back
+# Longest the driver waits inside Ray before Python runs a pending signal handler (see get).
+GET_SLICE_S = 0.5
+
+
+@dataclass(frozen=True)
+class ActorStart:
+    """What an actor reports once started: its torch device and the GPUs Ray gave it."""
+
+    device: str | None
+    gpu_ids: list[str]
+    error: str | None  # why it cannot run here (then it holds nothing)
 
 
 class _Host:
@@ -41,10 +72,23 @@ class _Host:
     loss of the actor.
     """
 
-    def __init__(self, torch_threads: int, held: Any) -> None:
+    def __init__(self, torch_threads: int, device_setting: str, build: Callable[[str], Any]) -> None:
         torch.set_num_threads(torch_threads)  # Ray sets OMP_NUM_THREADS from num_cpus otherwise
-        self._held = held
+        # The device depends on what Ray gave this process, so it is chosen here, not by the driver.
+        gpu_ids = [str(i) for i in ray.get_gpu_ids()]
+        self._held: Any = None
+        try:
+            device = choose_device(device_setting, bool(gpu_ids), torch.cuda.is_available())
+        except PlacementError as ex:
+            # Reported through started(): raised here, it would reach the driver as a Ray traceback.
+            self._start = ActorStart(None, gpu_ids, str(ex))
+        else:
+            self._start = ActorStart(device, gpu_ids, None)
+            self._held = build(device)
         self._stale: bool | None = None  # unknown until the first call (see _checked)
+
+    def started(self) -> ActorStart:
+        return self._start
 
     def _checked(self) -> Any:
         if self._stale is None:
@@ -66,8 +110,8 @@ class _Host:
 class ClientActor(_Host):
     """Hosts one ClientShard in its own process."""
 
-    def __init__(self, torch_threads: int, *shard_args: Any) -> None:
-        super().__init__(torch_threads, ClientShard(*shard_args))
+    def __init__(self, torch_threads: int, device_setting: str, *shard_args: Any) -> None:
+        super().__init__(torch_threads, device_setting, lambda device: ClientShard(*shard_args, device))
 
     @property
     def shard(self) -> ClientShard:
@@ -101,8 +145,8 @@ class ClientActor(_Host):
 class ServerActor(_Host):
     """Hosts the Server in its own process."""
 
-    def __init__(self, torch_threads: int, *server_args: Any) -> None:
-        super().__init__(torch_threads, Server(*server_args))
+    def __init__(self, torch_threads: int, device_setting: str, config: RunConfig) -> None:
+        super().__init__(torch_threads, device_setting, lambda device: Server(config, device))
 
     @property
     def server(self) -> Server:
@@ -139,8 +183,25 @@ def connect() -> bool:
         return False
     address = os.environ.get("RAY_ADDRESS") or "local"
     log.info("ray.init(address=%r)", address)
-    ray.init(address=address, log_to_driver=True, include_dashboard=False if address == "local" else None)
+    with interrupt.keep_stop_handlers():  # ray.init takes SIGTERM over; a run's SIGTERM must stop it
+        ray.init(address=address, log_to_driver=True, include_dashboard=False if address == "local" else None)
     return address == "local"
+
+
+def ship_module(path: Path) -> dict[str, Any]:
+    """A runtime environment that puts the file `path` on every actor's sys.path, on any node.
+
+    Ray accepts local paths only in a job's runtime environment, not an actor's, so the
+    file is uploaded to the cluster here (as `ray.init` does for a job) and actors get
+    its gcs:// URI. This uses Ray's own upload helper, which is not public API.
+    """
+    from ray._private.runtime_env.py_modules import upload_py_modules_if_needed
+
+    node = ray._private.worker.global_worker.node
+    scratch = node.get_runtime_env_dir_path() if node is not None else None
+    return upload_py_modules_if_needed(
+        {"py_modules": [str(path)]}, include_gitignore=False, scratch_dir=scratch
+    )
 
 
 class RayExecutor:
@@ -149,18 +210,19 @@ class RayExecutor:
     def __init__(self, config: RunConfig, data: PreparedData, run_id: str) -> None:
         self._owns_ray = connect()
         self.actors: list[Any] = []
-        resources = ray.cluster_resources()
+        try:
+            self._start_actors(config, data, run_id)
+        except BaseException:
+            self.close()  # the driver closes only an executor it got back
+            raise
+
+    def _start_actors(self, config: RunConfig, data: PreparedData, run_id: str) -> None:
         partitions = client_partitions(config, data)
-        placement = plan_placement(
-            len(partitions), config.clients_per_actor, config.torch_threads,
-            node_cpus=[n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["Alive"]],
-            memory_bytes=resources.get("memory", 8 * 2**30),
-        )  # fmt: skip
+        cluster = read_cluster()
+        placement = plan_for_cluster(config, len(partitions), cluster)  # refuses what cannot fit
         self.clients_per_shard = placement.clients_per_shard
         self.shard_client_ids = placement.shard_client_ids
         self.partition_nbytes = [p.nbytes for p in data.partitions]
-        on_gpu = config.gpus_per_client > 0
-        device = "cuda" if on_gpu else "cpu"
         # A dead actor is restarted by Ray with its constructor arguments; its calls in
         # flight fail rather than rerun (max_task_retries=0), and the driver replays the
         # epoch from the last snapshot (checkpoint.py).
@@ -168,46 +230,83 @@ class RayExecutor:
             "num_cpus": placement.cpus_per_actor, "max_concurrency": 1,
             "max_restarts": config.max_restarts, "max_task_retries": 0,
         }  # fmt: skip
+        if user_method := method_file(config.method):
+            common["runtime_env"] = ship_module(user_method)
         self.server = (
             ray.remote(ServerActor)
-            .options(name=f"{run_id}/server", num_gpus=config.gpus_per_client if on_gpu else 0, **common)
-            .remote(placement.torch_threads, config, device)
+            .options(name=f"{run_id}/server", num_gpus=placement.server_gpus, **common)
+            .remote(placement.torch_threads, config.device, config)
         )
+        self.actors = [self.server]  # from here on, close() has something to stop
         val, test = ray.put(data.val), ray.put(data.test)  # stored once, shared by every shard
         self._pinned = [val, test]  # kept alive: a restarted actor is rebuilt from them
         self.shards = []
-        for ids in placement.shard_client_ids:
+        for ids, gpus in zip(placement.shard_client_ids, placement.shard_gpus, strict=True):
             own = ray.put([partitions[i] for i in ids])  # only this shard's clients' data
             self._pinned.append(own)
             self.shards.append(
                 ray.remote(ClientActor)
                 .options(
-                    name=f"{run_id}/clients-{ids[0]}-{ids[-1]}",
-                    num_gpus=config.gpus_per_client * len(ids),
+                    name=f"{run_id}/{shard_name(ids)}",
+                    num_gpus=gpus,
                     scheduling_strategy="SPREAD",  # over the nodes of a cluster, not packed on one
                     **common,
                 )
-                .remote(placement.torch_threads, config, ids, own, val, test, device)
+                .remote(placement.torch_threads, config.device, config, ids, own, val, test)
             )
-        self.actors = [self.server, *self.shards]
-        self.get([actor.__ray_ready__.remote() for actor in self.actors])  # start-up is not epoch time
+            self.actors.append(self.shards[-1])
+        self.actor_starts = self._wait_started(config, placement, cluster)  # start-up is not epoch time
+
+    def _wait_started(
+        self, config: RunConfig, placement: Placement, cluster: ClusterView
+    ) -> dict[str, ActorStart]:
+        """Wait for every actor (at most --placement-timeout-s for placement); what each reported."""
+        requests = {r.name: r for r in placement.actor_requests()}
+        if note := memory_shortfall(len(requests), cluster.memory_bytes):
+            log.warning(note)
+        reports = wait_for_actors(dict(zip(requests, self.actors, strict=True)), requests,
+                                  config.placement_timeout_s, cluster)  # fmt: skip
+        idle_gpus = [name for name, r in reports.items() if r.gpu_ids and r.device == "cpu"]
+        if idle_gpus and config.device == "auto":
+            log.warning("%s were given GPUs but run on cpu: torch sees no CUDA device there", idle_gpus)
         log.info(
-            "%d client shards of up to %d clients; %.2f CPU and %d torch threads per actor",
+            "%d client shards of up to %d clients; %.2f CPU and %d torch threads per actor; devices %s",
             len(self.shards), self.clients_per_shard, placement.cpus_per_actor, placement.torch_threads,
+            {name: f"{r.device} (GPUs {r.gpu_ids})" for name, r in reports.items()},
         )  # fmt: skip
+        return reports
 
     def call(self, target: Any, method: str, *args: Any, num_returns: int = 1) -> Any:
         return getattr(target, method).options(num_returns=num_returns).remote(*args)
 
     def get(self, value: Any) -> Any:
+        """ray.get in slices of GET_SLICE_S, so a stop signal is acted on within about that.
+
+        Ray checks for signals inside ray.get only once a second and turns the exception
+        the handler raises into a plain KeyboardInterrupt (interrupt.RunInterrupted); between
+        slices the handler runs in Python, and its exception comes through as raised.
+        """
         try:
-            return ray.get(value)
-        except ray.exceptions.RayActorError as ex:
-            raise ActorLostError(f"a Ray actor died: {ex}") from ex
+            while True:
+                try:
+                    return ray.get(value, timeout=GET_SLICE_S)
+                except ray.exceptions.GetTimeoutError:
+                    continue  # not ready yet; the objects keep arriving meanwhile
         except ray.exceptions.RayError as ex:
+            if (memory_kill := describe_memory_kill(ex, self._actor_names())) is not None:
+                raise ActorOutOfMemoryError(memory_kill) from ex
+            if isinstance(ex, ray.exceptions.RayActorError):
+                raise ActorLostError(f"a Ray actor died: {ex}") from ex
             if isinstance(ex, StaleActorError):  # Ray re-raises the actor's error as both types
                 raise ActorLostError(f"a Ray actor was restarted: {ex}") from ex
             raise ExecutorError(f"a Ray actor failed: {ex}") from ex
+
+    def _actor_names(self) -> dict[str, str]:
+        """Actor id (hex) -> the actor's name without the run id, for describe_memory_kill."""
+        names = {self.server._actor_id.hex(): "server"}
+        for shard, ids in zip(self.shards, self.shard_client_ids, strict=True):
+            names[shard._actor_id.hex()] = shard_name(ids)
+        return names
 
     def recover(self) -> None:
         """Wait until every actor answers again (Ray restarts dead ones, up to max_restarts)."""

@@ -17,6 +17,8 @@ from __future__ import annotations
 import itertools
 import logging
 import multiprocessing
+import os
+import signal
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -25,6 +27,7 @@ from typing import Any
 import pandas as pd
 
 from sglr_ray.config import METHOD_SETTINGS, ConfigError, RunConfig, check_setting_names
+from sglr_ray.execution import interrupt
 from sglr_ray.methods import MethodNotFoundError, get_method
 from sglr_ray.results.writer import readable_name
 
@@ -97,6 +100,22 @@ def _run_one(config: RunConfig) -> str:
     return run_experiment(config, resume=resume).run_id
 
 
+def _start_worker() -> None:
+    """Set up a worker process of a parallel sweep.
+
+    It leaves the terminal's process group, so Ctrl-C reaches only the sweep, which
+    passes each worker exactly one SIGINT: a second would make it exit before it has
+    recorded its run. A signal between runs is remembered, and stops the next one.
+    """
+    os.setpgrp()
+    interrupt.note_signals()
+
+
+def _run_in_worker(config: RunConfig) -> str:
+    with interrupt.stop_on_signals():
+        return _run_one(config)
+
+
 def run_sweep(
     configs: list[RunConfig], parallel: int = 1, on_done: Callable[[str], None] | None = None
 ) -> list[str]:
@@ -104,6 +123,8 @@ def run_sweep(
 
     With parallel > 1, runs go to separate processes (each a whole experiment,
     with its own executor); give each run fewer --torch-threads accordingly.
+    A KeyboardInterrupt here (Ctrl-C, or a stop signal under interrupt.stop_on_signals)
+    stops every run in progress, recorded as interrupted, before it is raised again.
     """
     todo = pending(configs)
     log.info("%d of %d runs to do", len(todo), len(configs))
@@ -115,9 +136,16 @@ def run_sweep(
                 on_done(done[-1])
         return done
     # spawn: a forked child would inherit the parent's torch threads and any Ray state.
-    with ProcessPoolExecutor(parallel, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for run_id in pool.map(_run_one, todo):
-            done.append(run_id)
-            if on_done:
-                on_done(run_id)
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(parallel, mp_context=spawn, initializer=_start_worker) as pool:
+        try:
+            for run_id in pool.map(_run_in_worker, todo):
+                done.append(run_id)
+                if on_done:
+                    on_done(run_id)
+        except KeyboardInterrupt:
+            for worker in multiprocessing.active_children():  # the pool's workers: this process has no others
+                os.kill(worker.pid, signal.SIGINT)
+            pool.shutdown(wait=True, cancel_futures=True)  # while each records its run as interrupted
+            raise
     return done

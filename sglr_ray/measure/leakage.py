@@ -13,7 +13,6 @@ Plain torch, no Ray: the driver calls `measure_leakage` once per attacked client
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from torch import Tensor, nn
 
 from sglr_ray.data import FMNIST_MEAN, FMNIST_STD
 from sglr_ray.nodes.models import seeded
+from sglr_ray.results.atomic import atomic_path
 
 IMAGE_SIZE = 28  # what a client holds; models see it zero-padded to 32x32
 
@@ -258,9 +258,5 @@ def save_grid(originals: Tensor, reconstructions: Tensor, path: str | Path, coun
     path = Path(path)
     count = min(count, len(originals), len(reconstructions))
     grid = torch.cat([originals[:count], reconstructions[:count]]).detach().cpu()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         save_image(grid, tmp, nrow=count, format="png")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

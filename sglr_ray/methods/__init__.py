@@ -15,7 +15,10 @@ from pathlib import Path
 from sglr_ray.methods import baselines, cyclesl, gpsl, sfl, sflv1, sglr
 from sglr_ray.methods.base import Delivery, Method, OwnGradients, SplitRule
 
-__all__ = ["METHODS", "Delivery", "Method", "MethodNotFoundError", "OwnGradients", "SplitRule", "get_method"]
+__all__ = [
+    "METHODS", "Delivery", "Method", "MethodNotFoundError", "OwnGradients", "SplitRule", "get_method",
+    "method_file",
+]  # fmt: skip
 
 METHODS: dict[str, Method] = {
     m.name: m
@@ -45,6 +48,14 @@ def get_method(spec: str) -> Method:
     if not isinstance(method, Method):
         raise MethodNotFoundError(f"--method {spec!r}: {path} defines no Method named {attribute!r}")
     return method
+
+
+def method_file(spec: str) -> Path | None:
+    """The file of a user's method named `FILE.py:NAME`, if it is one and exists here."""
+    if spec in METHODS or ":" not in spec:
+        return None
+    path = Path(spec.rpartition(":")[0])
+    return path.resolve() if path.is_file() else None
 
 
 def _load_module(path: Path, spec: str):

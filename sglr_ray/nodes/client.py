@@ -6,6 +6,16 @@ bottom model and a step is two calls: `forward_batch` (returns the smashed
 data to upload) and `apply_gradient` (back-propagates what the server sent and
 steps each client's optimizer). For the baselines CL and FL a client holds the
 whole model and `train_local` trains it on the client's own data.
+
+FedAvg rounds start from the global model, so an FL shard holds ONE working
+model: `train_local` trains its clients one after another, each from the global
+weights, and keeps only the data-weighted sum of the results for
+`upload_models` (memory O(shards x model), not O(clients x model)). SFL's
+clients step in parallel through the server and need their own bottoms during
+an epoch; what they share is the checkpoint: after a round every client holds
+the global model, stored once. With --client-optimizer-state reset (the default
+for methods that average client models) each client's optimizer starts afresh
+every round and no optimizer state is kept or checkpointed.
 """
 
 from __future__ import annotations
@@ -30,7 +40,7 @@ EVAL_BATCH = 1000
 @dataclass
 class Client:
     client_id: int
-    model: nn.Module  # the bottom model; the whole model for cl and fl
+    model: nn.Module  # the bottom model; the whole model for cl; fl: the shard's one working model
     optimizer: torch.optim.Optimizer
     data: ImageSet
 
@@ -63,14 +73,19 @@ class ClientShard:
         self.config = config
         self.device = torch.device(device)
         self.full_model = config.spec.full_model
+        # FL: the clients share one working model, trained in turn from the global weights.
+        self._one_model = self.full_model and config.spec.average_clients
+        self._resets = config.resets_client_optimizers  # --client-optimizer-state
+        self._fresh_in: dict[int, int] = {}  # client_id -> the epoch its optimizer was last reset in
         self.clients: list[Client] = []
         for client_id, data in zip(client_ids, partitions, strict=True):
-            data = data.writable_copy()  # arrays from Ray's object store are read-only
-            # Every client starts from the same weights, as if the server had
-            # handed out one initial model.
-            model = build_client_model(config.model, config.seed, self.full_model).to(self.device)
-            optimizer = make_optimizer(model.parameters(), config.optimizer, config.lr)
-            self.clients.append(Client(client_id, model, optimizer, data))
+            # Arrays from Ray's object store are read-only, hence the copy.
+            self.clients.append(self._new_client(client_id, data.writable_copy()))
+        # FL: the weights every client starts the round from, and the round's running
+        # FedAvg sum (sum_i n_i * state_i in float64, sum_i n_i) for upload_models.
+        first = self.clients[0].model.state_dict()
+        self._global = {k: v.detach().clone() for k, v in first.items()} if self._one_model else None
+        self._round: tuple[dict[str, torch.Tensor], float] | None = None
         self.eval_sets = {"val": val.writable_copy(), "test": test.writable_copy()}
         self._eval_top = SPLIT_MODELS[config.model].build_top().to(self.device)
         self._pending: list[tuple[Client, torch.Tensor]] | None = None  # forwarded, awaiting gradients
@@ -79,13 +94,37 @@ class ClientShard:
         self._plan: tuple[int, torch.Tensor, torch.Tensor] | None = None  # (epoch, counts, starts)
         self._smashed_shape = smashed_shape(config.model)
 
+    def _new_client(self, client_id: int, data: ImageSet) -> Client:
+        """A client with its starting model and optimizer.
+
+        Every client starts from the same weights, as if the server had handed out
+        one initial model. FL's clients share the shard's working model; under
+        reset they share its optimizer too, else each has its own over those weights.
+        """
+        config = self.config
+        if self._one_model and self.clients:
+            model = self.clients[0].model
+            if self._resets:
+                return Client(client_id, model, self.clients[0].optimizer, data)
+        else:
+            model = build_client_model(config.model, config.seed, self.full_model).to(self.device)
+        return Client(client_id, model, make_optimizer(model.parameters(), config.optimizer, config.lr), data)
+
     def _autocast(self):
         return autocast(self.config.precision, self.device)
 
     def _set_epoch_lr(self, clients: list[Client], epoch: int) -> None:
         lr = self.config.lr * self._schedule.multiplier(epoch, self.config.epochs)
         for client in clients:
+            self._reset_optimizer(client, epoch)
             set_lr(client.optimizer, lr)
+
+    def _reset_optimizer(self, client: Client, epoch: int) -> None:
+        """--client-optimizer-state reset: a client's first step of a round (an epoch) starts
+        from a fresh optimizer, as FedAvg and Flower do; keep leaves the state alone."""
+        if self._resets and self._fresh_in.get(client.client_id) != epoch:
+            client.optimizer.state.clear()  # Adam and SGD build their state afresh from empty
+            self._fresh_in[client.client_id] = epoch
 
     @property
     def client_ids(self) -> list[int]:
@@ -173,8 +212,11 @@ class ClientShard:
         if not self.full_model:
             raise RuntimeError(f"--method {self.config.method} trains through the server, not locally")
         passes, loss_sum, samples = self.config.local_epochs, 0.0, 0
-        self._set_epoch_lr(self.clients, epoch)
+        self._round = None
         for client in self.clients:
+            if self._one_model:  # FedAvg: every client starts the round from the global model
+                client.model.load_state_dict(self._global)
+            self._set_epoch_lr([client], epoch)
             steps = len(client.data) // self.config.batch_size
             for local_epoch in range(epoch * passes, (epoch + 1) * passes):
                 for step in range(steps):
@@ -185,12 +227,33 @@ class ClientShard:
                     loss.backward()
                     client.optimizer.step()
                     loss_sum, samples = loss_sum + loss.item() * len(y), samples + len(y)
+            if self._one_model:
+                self._add_to_round(client)
         return loss_sum, samples
+
+    def _add_to_round(self, client: Client) -> None:
+        """Add n_i * state_i of the client just trained to the round's FedAvg sum, in float64
+        and in client order, so the sum is `weighted_state_sum` over the shard's clients."""
+        weight, state = float(len(client.data)), client.model.state_dict()
+        if self._round is None:
+            self._round = (weighted_state_sum([state], [weight]), weight)
+            return
+        total, total_weight = self._round
+        for key, value in state.items():
+            if value.is_floating_point():
+                total[key] += weight * value.detach().double()
+        self._round = (total, total_weight + weight)
 
     # --- weights: FedAvg (SFL, FL), SSL's hand-over, the leakage attack ----------------
 
     def upload_models(self) -> ModelUpload:
         """This shard's part of FedAvg: model states weighted by partition size, summed."""
+        if self._one_model:  # summed as train_local went
+            if self._round is None:
+                raise RuntimeError("upload_models called before train_local in this round")
+            total, weight = self._round
+            nbytes = state_nbytes(self.clients[0].model)
+            return ModelUpload(self.client_ids, {k: v.cpu() for k, v in total.items()}, weight, nbytes)
         states = [{k: v.detach().cpu() for k, v in c.model.state_dict().items()} for c in self.clients]
         weights = [float(len(c.data)) for c in self.clients]
         return ModelUpload(
@@ -206,27 +269,50 @@ class ClientShard:
         return weights_copy(client.model)
 
     def load_model_state(self, state: dict[str, torch.Tensor], client_ids: list[int] | None = None) -> None:
-        """Load `state` into every client of the shard, or only those named."""
+        """Load `state` into every client of the shard, or only those named.
+
+        FL: `state` becomes the global model the next round starts from (all clients).
+        """
+        if self._one_model:
+            self._global, self._round = {k: v.to(self.device) for k, v in state.items()}, None
+            self.clients[0].model.load_state_dict(state)  # what evaluation scores
+            return
         for client in self._select(client_ids):
             client.model.load_state_dict(state)
 
     # --- checkpoints -------------------------------------------------------------------
 
-    def state(self) -> dict[int, dict]:
-        """Every client's model and optimizer state, copied: what a checkpoint holds."""
-        return {
-            c.client_id: {
-                "model": weights_copy(c.model),
-                "optimizer": copy.deepcopy(c.optimizer.state_dict()),
-            }
-            for c in self.clients
-        }
+    def state(self) -> dict:
+        """What a checkpoint holds of this shard, copied, taken between epochs:
+        {"model": the global model or None, "clients": {client_id: {"model"?, "optimizer"?}}}.
 
-    def load_state(self, states: dict[int, dict]) -> None:
-        """Return every client to a checkpointed state; a half-done step is forgotten."""
+        Where clients' models are averaged (FL, SFL, SFLv1) every client holds the
+        global model after a round: stored once, under "model", and in no client's
+        entry. A client's optimizer state is stored only where it outlives the
+        round (--client-optimizer-state keep).
+        """
+        shared = self.config.spec.average_clients
+        clients: dict[int, dict] = {}
+        for c in self.clients:
+            saved = {} if shared else {"model": weights_copy(c.model)}
+            if not self._resets:
+                saved["optimizer"] = copy.deepcopy(c.optimizer.state_dict())
+            clients[c.client_id] = saved
+        return {"model": weights_copy(self.clients[0].model) if shared else None, "clients": clients}
+
+    def load_state(self, state: dict) -> None:
+        """Return every client to a checkpointed state (see `state`); a half-done step is forgotten."""
+        if self._one_model:
+            self.load_model_state(state["model"])
         for client in self.clients:
-            client.model.load_state_dict(states[client.client_id]["model"])
-            client.optimizer.load_state_dict(states[client.client_id]["optimizer"])
+            saved = state["clients"][client.client_id]
+            if not self._one_model:
+                client.model.load_state_dict(saved.get("model", state["model"]))
+            if "optimizer" in saved and not self._resets:
+                client.optimizer.load_state_dict(saved["optimizer"])
+            else:  # a fresh optimizer, as at the start of a round
+                client.optimizer.state.clear()
+        self._fresh_in.clear()
         self._pending = None
 
     # --- evaluation ---------------------------------------------------------------------

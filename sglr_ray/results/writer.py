@@ -143,6 +143,7 @@ class ResultsWriter:
         }  # fmt: skip
         self.epoch_rows: list[dict[str, Any]] = []
         self.client_rows: list[dict[str, Any]] = []
+        self.started = False  # whether the files on disk are this invocation's (see start)
 
     def resume(self, first_epoch: int) -> None:
         """Carry on a run's tables: keep the recorded epochs before `first_epoch` (the
@@ -161,6 +162,7 @@ class ResultsWriter:
     def start(self, executor: str, clients_per_actor: int) -> None:
         self.run_row.update(executor=executor, clients_per_actor=clients_per_actor)
         self._flush()
+        self.started = True
 
     def record_epoch(self, result: EpochResult, wall_s: float) -> None:
         config, comm, val, test, flops = self.config, result.comm, result.val, result.test, result.flops

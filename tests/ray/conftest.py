@@ -1,4 +1,4 @@
-"""One small embedded Ray instance for the whole session."""
+"""One small embedded Ray for the whole session; modules that need a logical GPU swap in their own."""
 
 from __future__ import annotations
 
@@ -6,11 +6,31 @@ import pytest
 import ray
 
 
+def start_local_ray(**resources) -> None:
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, **resources)
+
+
 @pytest.fixture(scope="session")
 def ray_session():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    start_local_ray()
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_one_gpu():
+    """A Ray of the module's own with one logical GPU in place of the session's, restored after.
+
+    Ray schedules by the count it is told, so no GPU need exist; the actors get
+    CUDA_VISIBLE_DEVICES and ray.get_gpu_ids() as on a real one.
+    """
+    was_running = ray.is_initialized()
+    ray.shutdown()
+    start_local_ray(num_gpus=1)
+    yield
+    ray.shutdown()
+    if was_running:
+        start_local_ray()
 
 
 def pytest_collection_modifyitems(items):

@@ -1,12 +1,40 @@
-"""How clients are packed into shard actors."""
+"""How clients are packed into shard actors, and whether a request fits the nodes (no Ray)."""
 
 from __future__ import annotations
 
 import pytest
 
-from sglr_ray.execution.placement import WORKER_MEMORY_BYTES, fit_cpu_request, plan_placement, shard_clients
+from sglr_ray.errors import PlacementError
+from sglr_ray.execution.placement import (
+    WORKER_MEMORY_BYTES,
+    ActorRequest,
+    ClusterView,
+    NodeShape,
+    choose_device,
+    fit_cpu_request,
+    memory_shortfall,
+    pack_actors,
+    plan_for_cluster,
+    plan_placement,
+    shard_clients,
+    valid_gpu_request,
+)
 
 GIB = 2**30
+
+
+def cpu_nodes(cpus: list[float]) -> list[NodeShape]:
+    return [NodeShape(c) for c in cpus]
+
+
+ONE_GPU_NODE = (NodeShape(16, 1),)
+
+
+def plan(clients, per_actor=0, nodes=ONE_GPU_NODE, gpus_per_client=0.0, server_gpus=0.0):
+    return plan_placement(
+        clients, per_actor, 1, nodes=list(nodes), memory_bytes=64 * GIB,
+        gpus_per_client=gpus_per_client, server_gpus=server_gpus,
+    )  # fmt: skip
 
 
 def test_shard_clients_covers_every_client_once():
@@ -22,16 +50,22 @@ def test_shard_clients_covers_every_client_once():
     (100, 8, 24 * GIB, 15, 7),
 ])  # fmt: skip
 def test_default_packing_fits_the_cluster(clients, cpus, memory, per_shard, shards):
-    placement = plan_placement(clients, 0, 0, node_cpus=[cpus], memory_bytes=memory)
+    placement = plan_placement(clients, 0, 0, nodes=cpu_nodes([cpus]), memory_bytes=memory)
     assert placement.clients_per_shard == per_shard and len(placement.shard_client_ids) == shards
     assert (len(placement.shard_client_ids) + 1) * WORKER_MEMORY_BYTES <= memory
     assert placement.cpus_per_actor * (shards + 1) <= cpus + 1e-9
+    assert placement.shortfall is None
 
 
 def test_explicit_clients_per_actor_and_threads_win():
-    placement = plan_placement(10, 4, 3, node_cpus=[2], memory_bytes=24 * GIB)
+    placement = plan_placement(10, 4, 3, nodes=cpu_nodes([2]), memory_bytes=24 * GIB)
     assert placement.clients_per_shard == 4 and len(placement.shard_client_ids) == 3
     assert placement.torch_threads == 3
+
+
+def test_derived_threads_never_exceed_one_nodes_cores():
+    placement = plan_placement(2, 2, 0, nodes=cpu_nodes([1, 1, 1, 1]), memory_bytes=24 * GIB)
+    assert len(placement.shard_client_ids) == 1 and placement.torch_threads == 1
 
 
 @pytest.mark.parametrize("node_cpus, actors, expected", [
@@ -39,11 +73,138 @@ def test_explicit_clients_per_actor_and_threads_win():
     ([4, 1], 5, 1.0), ([2, 2], 5, 0.6666), ([16], 40, 0.4),
 ])  # fmt: skip
 def test_cpu_request_fits_every_actor_on_some_node(node_cpus, actors, expected):
-    got = fit_cpu_request(node_cpus, actors)
+    got = fit_cpu_request(cpu_nodes(node_cpus), [0.0] * actors)
     assert got == pytest.approx(expected, abs=1e-4)
     assert sum(int(c / got + 1e-9) for c in node_cpus) >= actors
 
 
 def test_two_one_cpu_nodes_with_three_actors_get_half_a_cpu_each():
-    placement = plan_placement(4, 2, 1, node_cpus=[1, 1], memory_bytes=24 * GIB)
+    placement = plan_placement(4, 2, 1, nodes=cpu_nodes([1, 1]), memory_bytes=24 * GIB)
     assert len(placement.shard_client_ids) == 2 and placement.cpus_per_actor == 0.5
+
+
+def test_gpu_actors_take_their_cpus_on_the_gpu_node():
+    # Four 0.25-GPU shards and a CPU-only server: a whole CPU each would put the
+    # shards on the 4-CPU node, which has no GPU; they share the 2-CPU GPU node.
+    nodes = [NodeShape(4, 0), NodeShape(2, 1)]
+    assert fit_cpu_request(nodes, [0.0, 0.25, 0.25, 0.25, 0.25]) == 0.5
+
+
+def test_four_quarter_gpu_clients_share_one_gpu():
+    placement = plan(4, per_actor=1, nodes=[NodeShape(2, 1)], gpus_per_client=0.25)
+    assert placement.shortfall is None
+    assert placement.shard_gpus == (0.25, 0.25, 0.25, 0.25)
+    assert [a.gpus for a in placement.actor_requests()] == [0.0, 0.25, 0.25, 0.25, 0.25]
+
+
+@pytest.mark.parametrize("per_actor", [1, 2])
+def test_more_gpus_than_the_cluster_has_names_the_numbers(per_actor):
+    placement = plan(4, per_actor=per_actor, nodes=[NodeShape(2, 1)], gpus_per_client=0.5)
+    assert placement.shortfall == (
+        "4 clients x 0.5 GPU = 2 GPUs for the client shards, plus 0 for the server; the cluster has "
+        "1 GPU (set --gpus-per-client 0.25 or less)"
+    )
+
+
+def test_a_shard_must_fit_on_one_node():
+    # Two 1-GPU nodes hold 2 GPUs in all, but a 2-GPU shard fits on neither.
+    placement = plan(4, per_actor=4, nodes=[NodeShape(4, 1, count=2)], gpus_per_client=0.5)
+    assert placement.shortfall is not None
+    assert "a shard of 4 clients x 0.5 GPU = 2 GPUs must run on one node" in placement.shortfall
+    assert "the largest node has 1 GPU (set --clients-per-actor 2 or less)" in placement.shortfall
+    assert plan(4, per_actor=2, nodes=[NodeShape(4, 1, count=2)], gpus_per_client=0.5).shortfall is None
+
+
+def test_many_actors_on_few_cpus_do_not_fit_at_a_whole_cpu_each():
+    assert pack_actors([ActorRequest(str(i), 1.0, 0) for i in range(1001)], [NodeShape(2)]) is False
+    assert fit_cpu_request([NodeShape(2)], [0.0] * 1001) == pytest.approx(0.0019, abs=1e-4)
+
+
+def test_fractional_shares_must_fit_within_one_gpu():
+    # One node, two GPUs: three 0.6-GPU shards need three GPUs (a share never spans two).
+    actors = [ActorRequest(f"s{i}", 0.1, 0.6) for i in range(3)]
+    assert pack_actors(actors, [NodeShape(4, 2)]) is False
+    assert pack_actors(actors[:2], [NodeShape(4, 2)]) is True
+
+
+def test_the_search_finds_packings_first_fit_misses():
+    # First fit puts the 0.6-GPU actor on the 2-CPU node, where the 2-CPU actor had to go.
+    actors = [ActorRequest("p", 1, 0.6), ActorRequest("q", 2, 0.5)]
+    nodes = [NodeShape(2, 1), NodeShape(1, 1)]
+    assert pack_actors(actors, nodes) is True
+    assert pack_actors([*actors, ActorRequest("r", 0.5, 0)], nodes) is False
+
+
+def test_gpu_nodes_without_cpus_cannot_host_gpu_actors():
+    placement = plan(2, per_actor=1, nodes=[NodeShape(8, 0), NodeShape(0, 1)], gpus_per_client=0.25)
+    assert placement.shortfall is not None and "needs its CPU on that GPU's node" in placement.shortfall
+
+
+def test_a_cluster_without_cpus_falls_short_and_asks_for_whole_cpus():
+    placement = plan(2, per_actor=1, nodes=[NodeShape(0, 0)])
+    assert placement.shortfall is not None and placement.cpus_per_actor == 1.0
+    assert placement.shortfall.startswith("the cluster has no CPUs for the 3 actors")
+
+
+@pytest.mark.parametrize("gpus, ok", [(0, True), (0.25, True), (1, True), (2.0, True), (1.5, False),
+                                      (0.00001, False)])  # fmt: skip
+def test_ray_takes_fractions_below_one_or_whole_gpus(gpus, ok):
+    assert valid_gpu_request(gpus) is ok
+
+
+def test_a_shard_asking_for_a_fraction_above_one_gpu_is_refused():
+    with pytest.raises(PlacementError, match=r"asks for 1\.5 GPUs.*--clients-per-actor 2 or less"):
+        plan(4, per_actor=3, gpus_per_client=0.5)
+    with pytest.raises(PlacementError, match=r"--server-gpus 1\.5"):
+        plan(4, per_actor=1, server_gpus=1.5)
+
+
+def test_default_packing_keeps_shard_gpu_requests_valid():
+    placement = plan(6, nodes=[NodeShape(3, 2)], gpus_per_client=0.4)  # 3 CPUs: 2 shards of 3 would ask 1.2
+    assert placement.clients_per_shard == 2 and placement.shard_gpus == (0.8, 0.8, 0.8)
+    assert "3 GPUs" not in (placement.shortfall or "")
+
+
+def test_memory_estimate_warns_past_the_cluster_memory():
+    assert memory_shortfall(3, 3 * WORKER_MEMORY_BYTES) is None
+    note = memory_shortfall(10, 2 * GIB)
+    assert note is not None and "10 actors" in note and "--clients-per-actor" in note
+
+
+@pytest.mark.parametrize("setting, given, cuda, device", [
+    ("auto", True, True, "cuda"), ("auto", True, False, "cpu"), ("auto", False, True, "cpu"),
+    ("cpu", True, True, "cpu"), ("cuda", False, True, "cuda"),
+])  # fmt: skip
+def test_device_follows_the_setting_and_what_the_process_was_given(setting, given, cuda, device):
+    assert choose_device(setting, given, cuda) == device
+
+
+def test_cuda_without_cuda_is_refused_naming_the_setting():
+    with pytest.raises(PlacementError, match="--device cuda, but torch sees no CUDA device"):
+        choose_device("cuda", True, False)
+
+
+def cluster(nodes, autoscaler=False, node_types=None):
+    return ClusterView(nodes=nodes, memory_bytes=64 * GIB, autoscaler=autoscaler, node_types=node_types)
+
+
+def test_without_an_autoscaler_a_shortfall_is_refused_at_once(tiny_config):
+    config = tiny_config(clients=4, clients_per_actor=1, gpus_per_client=0.5)
+    with pytest.raises(PlacementError, match=r"the cluster has 1 GPU .*\[nodes now: 1 x \(2 CPU, 1 GPU\)\]"):
+        plan_for_cluster(config, 4, cluster([NodeShape(2, 1)]))
+
+
+def test_node_types_an_autoscaler_can_add_count(tiny_config):
+    config = tiny_config(clients=4, clients_per_actor=1, gpus_per_client=0.5)
+    grows = cluster([NodeShape(2, 0)], autoscaler=True, node_types=[NodeShape(4, 1, count=2)])
+    placement = plan_for_cluster(config, 4, grows)
+    assert placement.shortfall is None and placement.shard_gpus == (0.5,) * 4
+    too_small = cluster([NodeShape(2, 0)], autoscaler=True, node_types=[NodeShape(4, 1, count=1)])
+    with pytest.raises(PlacementError, match="counting the nodes the autoscaler can add"):
+        plan_for_cluster(config, 4, too_small)
+
+
+def test_an_autoscaler_that_does_not_say_what_it_adds_gets_the_timeout(tiny_config):
+    config = tiny_config(clients=4, clients_per_actor=1, gpus_per_client=0.5)
+    placement = plan_for_cluster(config, 4, cluster([NodeShape(0, 0)], autoscaler=True))
+    assert placement.shortfall is not None and placement.cpus_per_actor == 1.0

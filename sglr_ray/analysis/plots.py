@@ -1,0 +1,100 @@
+"""The report's plots: validation accuracy per epoch, final accuracy against C with 95%
+intervals, and bytes and PFLOPs per client. Each is a matplotlib Figure (no pyplot, so no
+display is needed: PNGs render with Agg) written atomically under `<report dir>/plots`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from sglr_ray.analysis import tables as analysis
+from sglr_ray.results.atomic import atomic_path
+
+__all__ = ["write_plots"]
+
+
+def write_plots(runs: pd.DataFrame, epochs: pd.DataFrame, directory: Path, suffix: str) -> list[str]:
+    """Draw the plots that have data into `directory/plots` (file names end in `suffix`); return
+    markdown lines that show them."""
+    drawn = []
+    for name, title, draw in [
+        ("accuracy_per_epoch", "Validation accuracy per epoch", lambda: plot_epochs(epochs)),
+        ("accuracy_vs_clients", "Final test accuracy against clients", lambda: plot_clients(runs)),
+        ("costs_per_client", "Bytes and PFLOPs per client", lambda: plot_costs(runs)),
+    ]:
+        figure = draw()
+        if figure is not None:
+            target = directory / "plots" / f"{name}{suffix}.png"
+            _save_figure_atomic(figure, target)
+            drawn.append(f"![{title}]({target.relative_to(directory).as_posix()})")
+    return ["", "### Plots", "", *drawn] if drawn else []
+
+
+def plot_epochs(epochs: pd.DataFrame) -> Figure | None:
+    """Validation accuracy per epoch, one line per setting (mean over seeds)."""
+    table = analysis.accuracy_per_epoch(epochs) if not epochs.empty else pd.DataFrame()
+    if table.empty:
+        return None
+    figure = Figure(figsize=(10, 5.5), layout="constrained")
+    axes = figure.subplots()
+    for number, setting in enumerate(table.columns):
+        style = ("-", "--", ":", "-.")[number // 10 % 4]  # the colour cycle repeats every 10 lines
+        axes.plot(table.index, table[setting], marker=".", linestyle=style, label=setting)
+    axes.set(xlabel="epoch", ylabel="validation accuracy (%)", title="Validation accuracy, mean over seeds")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _legend(axes, len(table.columns))
+    return figure
+
+
+def plot_clients(runs: pd.DataFrame) -> Figure | None:
+    """Final test accuracy against C, one line per setting (method and knobs), mean over seeds
+    with the 95% interval as error bars; None unless some setting ran at two or more C."""
+    frame = analysis.method_comparison(runs).reset_index() if not runs.empty else pd.DataFrame()
+    if frame.empty:
+        return None
+    frame = frame.assign(setting=analysis.setting_labels(frame, with_clients=False))
+    if frame.groupby("setting").C.nunique().max() < 2:  # the question is how accuracy moves with C
+        return None
+    figure = Figure(figsize=(8, 5), layout="constrained")
+    axes = figure.subplots()
+    for number, (setting, line) in enumerate(frame.groupby("setting", sort=False)):
+        line = line.sort_values("C")
+        style = ("-", "--", ":", "-.")[number // 10 % 4]
+        bars = line.acc_ci95.fillna(0)  # one seed: no interval to draw
+        axes.errorbar(line.C, line.acc, yerr=bars, marker="o", linestyle=style, capsize=3, label=setting)
+    clients = sorted(frame.C.unique())
+    axes.set(xlabel="clients C", ylabel="final test accuracy (%)", xscale="log")
+    axes.set_title("Accuracy against C: mean over seeds, bars 95% interval (Student t)")
+    axes.set_xticks(clients, [str(c) for c in clients])
+    _legend(axes, frame.setting.nunique())
+    return figure
+
+
+def plot_costs(runs: pd.DataFrame) -> Figure | None:
+    """Bars per setting: MB moved and PFLOPs computed per client over the run."""
+    table = analysis.method_comparison(runs) if not runs.empty else pd.DataFrame()
+    if table.empty:
+        return None
+    labels = analysis.setting_labels(table.reset_index())
+    figure = Figure(figsize=(max(7, 0.35 * len(labels) + 3), 7), layout="constrained")
+    top, bottom = figure.subplots(2, 1, sharex=True)
+    top.bar(labels, table.mb_per_client)
+    top.set(ylabel="MB moved per client (run)", title="Communication and compute per client")
+    bottom.bar(labels, table.client_pflops)
+    bottom.set(ylabel="PFLOPs per client (run)")
+    bottom.tick_params(axis="x", labelrotation=90, labelsize="small")
+    return figure
+
+
+def _legend(axes, entries: int) -> None:
+    columns = 1 + entries // 25  # a sweep has dozens of settings: wrap the legend
+    axes.legend(fontsize="x-small", loc="center left", bbox_to_anchor=(1.01, 0.5), ncol=columns)
+
+
+def _save_figure_atomic(figure: Figure, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=110)
