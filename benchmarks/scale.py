@@ -18,6 +18,7 @@ from benchmarks.common import PeakMemory, ray_processes_rss_bytes, write_results
 from sglr_ray.config import RunConfig
 from sglr_ray.data import prepare_data
 from sglr_ray.execution.driver import evaluate, make_executor, train_epoch
+from sglr_ray.nodes.server import Server
 
 GIB = 2**30
 
@@ -40,7 +41,7 @@ def measure(clients: int, dataset: str) -> dict:
                 train_epoch(ex, config, 0)
                 train_s = time.perf_counter() - started
                 started = time.perf_counter()
-                evaluate(ex, ex.call(ex.server, "top_state"), "val")
+                evaluate(ex, ex.call(ex.server, Server.top_state), "val")
                 eval_s = time.perf_counter() - started
             finally:
                 ex.close()

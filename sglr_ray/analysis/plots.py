@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import MaxNLocator, NullLocator
 
 from sglr_ray.analysis import tables as analysis
 from sglr_ray.results.atomic import atomic_path
@@ -61,13 +61,17 @@ def plot_clients(runs: pd.DataFrame) -> Figure | None:
         return None
     figure = Figure(figsize=(8, 5), layout="constrained")
     axes = figure.subplots()
-    for number, (setting, line) in enumerate(frame.groupby("setting", sort=False)):
+    lines = frame.groupby("setting", sort=False)
+    for number, (setting, line) in enumerate(lines):
         line = line.sort_values("C")
         style = ("-", "--", ":", "-.")[number // 10 % 4]
         bars = line.acc_ci95.fillna(0)  # one seed: no interval to draw
-        axes.errorbar(line.C, line.acc, yerr=bars, marker="o", linestyle=style, capsize=3, label=setting)
+        dodge = 10 ** (0.01 * (number - (len(lines) - 1) / 2))  # settings at one C: bars side by side
+        x = line.C * dodge
+        axes.errorbar(x, line.acc, yerr=bars, marker="o", linestyle=style, capsize=3, label=setting)
     clients = sorted(frame.C.unique())
     axes.set(xlabel="clients C", ylabel="final test accuracy (%)", xscale="log")
+    axes.xaxis.set_minor_locator(NullLocator())  # a log axis would label 3 x 10^0 between C = 2 and 4
     axes.set_title("Accuracy against C: mean over seeds, bars 95% interval (Student t)")
     axes.set_xticks(clients, [str(c) for c in clients])
     _legend(axes, frame.setting.nunique())

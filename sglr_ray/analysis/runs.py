@@ -140,12 +140,15 @@ def _read_dir(directory: Path, schema: pa.Schema | None = None) -> pd.DataFrame:
 
 
 def load_runs(out: str | Path) -> pd.DataFrame:
-    """Every run row under `<out>/runs`, whatever its status (empty frame if none). Rows from
-    before `clients` was named so get it from their `num_clients`."""
+    """Every run row under `<out>/runs`, whatever its status (empty frame if none). A row written
+    before a setting existed gets the setting's default, which is how such a run ran (a new
+    setting keeps the old behaviour as its default); rows from before `clients` was named so get
+    it from their `num_clients`."""
     runs = _read_dir(Path(out) / "runs", RUNS_SCHEMA)
     if "num_clients" in runs.columns:
         runs = runs.assign(clients=runs.clients.fillna(runs.num_clients)).drop(columns="num_clients")
-    return runs
+    gaps = {f.name: f.default for f in IDENTITY_FIELDS if f.default is not None and runs[f.name].isna().any()}
+    return runs.fillna(gaps) if gaps else runs
 
 
 def completed_runs(runs: Source) -> pd.DataFrame:

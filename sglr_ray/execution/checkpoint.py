@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from sglr_ray.nodes.client import ClientShard
+from sglr_ray.nodes.server import Server
 from sglr_ray.results.atomic import atomic_path
 
 
@@ -43,13 +45,17 @@ def checkpoint_path(out: str, run_id: str) -> Path:
 
 
 def take_snapshot(ex: Any, epoch: int) -> Snapshot:
-    return Snapshot(epoch, [ex.call(s, "state") for s in ex.shards], ex.call(ex.server, "state"))
+    return Snapshot(
+        epoch, [ex.call(s, ClientShard.state) for s in ex.shards], ex.call(ex.server, Server.state)
+    )
 
 
 def restore(ex: Any, snapshot: Snapshot) -> None:
     """Load `snapshot` into every shard and the server, and wait until they have."""
-    calls = [ex.call(s, "load_state", state) for s, state in zip(ex.shards, snapshot.shards, strict=True)]
-    ex.get([*calls, ex.call(ex.server, "load_state", snapshot.server)])
+    calls = [
+        ex.call(s, ClientShard.load_state, state) for s, state in zip(ex.shards, snapshot.shards, strict=True)
+    ]
+    ex.get([*calls, ex.call(ex.server, Server.load_state, snapshot.server)])
 
 
 def save(ex: Any, snapshot: Snapshot, path: Path) -> None:

@@ -22,8 +22,9 @@ from sglr_ray.errors import ActorLostError
 from sglr_ray.execution import checkpoint, interrupt
 from sglr_ray.measure.energy import EnergyMeter, open_meter
 from sglr_ray.measure.flops import EpochFlops, epoch_flops
+from sglr_ray.nodes.client import ClientShard
 from sglr_ray.nodes.models import SPLIT_MODELS, bottom_state_nbytes
-from sglr_ray.nodes.server import CommLedger
+from sglr_ray.nodes.server import CommLedger, Server
 from sglr_ray.results.writer import ResultsWriter, check_run_identity, make_run_id
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,8 @@ class Executor(Protocol):
     shard_client_ids: list[list[int]]
     partition_nbytes: list[int]  # raw bytes of each client's partition (CL uploads them once)
 
-    def call(self, target: Any, method: str, *args: Any, num_returns: int = 1) -> Any: ...
+    # `method` is a function of the target's class (ClientShard.forward_batch): a reference, not a name.
+    def call(self, target: Any, method: Callable[..., Any], *args: Any, num_returns: int = 1) -> Any: ...
     def get(self, value: Any) -> Any: ...
     def recover(self) -> None: ...  # wait until restarted actors answer again
     def close(self) -> None: ...
@@ -94,11 +96,14 @@ def train_steps(
 
     shards = [shard for shard, _ in participants]
     for step in range(config.steps_per_epoch):
-        uploads = [ex.call(shard, "forward_batch", epoch, step, ids) for shard, ids in participants]
+        uploads = [ex.call(shard, ClientShard.forward_batch, epoch, step, ids) for shard, ids in participants]
         metrics, averaged, *deliveries = ex.call(
-            ex.server, "train_step", epoch, step, *uploads, num_returns=len(uploads) + 2
+            ex.server, Server.train_step, epoch, step, *uploads, num_returns=len(uploads) + 2
         )
-        applies = [ex.call(s, "apply_gradient", d, averaged) for s, d in zip(shards, deliveries, strict=True)]
+        applies = [
+            ex.call(s, ClientShard.apply_gradient, d, averaged)
+            for s, d in zip(shards, deliveries, strict=True)
+        ]
         in_flight.append((metrics, applies))
         if len(in_flight) > MAX_STEPS_IN_FLIGHT:
             settle_oldest()
@@ -127,9 +132,9 @@ def train_sequential_epoch(
     for client in range(config.clients):
         previous = (client - 1) % config.clients
         if previous != client and (epoch > 0 or client > 0):  # a reference, shard to shard
-            weights = ex.call(shard_of(ex, previous), "model_state", previous)
-            ex.call(shard_of(ex, client), "load_model_state", weights, [client])
-            ex.call(ex.server, "relay_model", previous, client, nbytes)
+            weights = ex.call(shard_of(ex, previous), ClientShard.model_state, previous)
+            ex.call(shard_of(ex, client), ClientShard.load_model_state, weights, [client])
+            ex.call(ex.server, Server.relay_model, previous, client, nbytes)
         turn = [(shard_of(ex, client), [client])]
         turn_loss, turn_samples = train_steps(
             ex, config, epoch, turn, progress, done_before=client * config.steps_per_epoch
@@ -148,8 +153,8 @@ def train_local_epoch(
     """
     if config.spec.pooled_data and epoch == 0:  # the clients' raw data goes to the data centre, once
         for client, nbytes in enumerate(ex.partition_nbytes):
-            ex.call(ex.server, "receive_raw_data", client, nbytes)
-    per_shard = ex.get([ex.call(shard, "train_local", epoch) for shard in ex.shards])
+            ex.call(ex.server, Server.receive_raw_data, client, nbytes)
+    per_shard = ex.get([ex.call(shard, ClientShard.train_local, epoch) for shard in ex.shards])
     loss_sum, samples = map(sum, zip(*per_shard, strict=True))
     if progress:
         progress(epoch, config.iterations_per_epoch, loss_sum / samples)
@@ -163,9 +168,9 @@ def average_client_models(ex: Executor) -> None:
     and is where every client starts the next round (its optimizer afresh, under
     --client-optimizer-state reset).
     """
-    uploads = [ex.call(shard, "upload_models") for shard in ex.shards]
-    mean_state = ex.call(ex.server, "average_client_models", *uploads)
-    ex.get([ex.call(shard, "load_model_state", mean_state) for shard in ex.shards])
+    uploads = [ex.call(shard, ClientShard.upload_models) for shard in ex.shards]
+    mean_state = ex.call(ex.server, Server.average_client_models, *uploads)
+    ex.get([ex.call(shard, ClientShard.load_model_state, mean_state) for shard in ex.shards])
 
 
 @dataclass
@@ -188,12 +193,16 @@ def evaluate_models(ex: Executor, config: RunConfig, top_state: Any, split: str)
     spec = config.spec
     if spec.schedule == "parallel" and not spec.full_model:
         whole = config.eval_mode == "every"
-        per_shard = ex.get([ex.call(shard, "evaluate", top_state, split, None, whole) for shard in ex.shards])
+        per_shard = ex.get(
+            [ex.call(shard, ClientShard.evaluate, top_state, split, None, whole) for shard in ex.shards]
+        )
         scores = {client_id: score for shard_scores in per_shard for client_id, score in shard_scores.items()}
         correct, scored = map(sum, zip(*scores.values(), strict=True))
         return Evaluation(correct / scored, scores)
     holder = 0 if spec.full_model else config.clients - 1
-    score = ex.get(ex.call(shard_of(ex, holder), "evaluate", top_state, split, [holder], True))[holder]
+    score = ex.get(ex.call(shard_of(ex, holder), ClientShard.evaluate, top_state, split, [holder], True))[
+        holder
+    ]
     return Evaluation(score[0] / score[1], dict.fromkeys(range(config.clients), score))
 
 
@@ -210,11 +219,11 @@ def run_epoch(
     if spec.average_clients:
         average_client_models(ex)
     if spec.server_copies:
-        ex.get(ex.call(ex.server, "average_server_copies"))
-    comm = ex.get(ex.call(ex.server, "pop_epoch_comm"))
+        ex.get(ex.call(ex.server, Server.average_server_copies))
+    comm = ex.get(ex.call(ex.server, Server.pop_epoch_comm))
     trained, energy_after = time.perf_counter(), meter.read_j()
     # Fetched once, sent to every shard; the whole-model baselines need no server weights.
-    top_state = None if spec.full_model else ex.call(ex.server, "top_state")
+    top_state = None if spec.full_model else ex.call(ex.server, Server.top_state)
     val = evaluate_models(ex, config, top_state, "val")
     last = epoch == config.epochs - 1
     test = evaluate_models(ex, config, top_state, "test") if (last or config.test_each_epoch) else None
@@ -239,7 +248,7 @@ def attack_client(ex: Executor, config: RunConfig, data: PreparedData) -> tuple:
     client = config.leakage_client
     shard = shard_of(ex, client)
     bottom = SPLIT_MODELS[config.model].build_bottom()
-    bottom.load_state_dict(ex.get(ex.call(shard, "model_state", client)))
+    bottom.load_state_dict(ex.get(ex.call(shard, ClientShard.model_state, client)))
     aux = to_model_input(data.spare.images[: config.leakage_aux_samples])
     targets = to_model_input(data.test.images)
     return leakage.measure_leakage(

@@ -1,7 +1,9 @@
 """The Ray executor: ClientShard and Server objects hosted in thin actors.
 
-The actors add nothing to the math: each method forwards to the object it
-holds. Calls return object references; the driver passes those references
+The actors add nothing to the math: one generic entry point, `call(method,
+*args)`, runs a method of the object an actor holds, named by the function
+itself (ClientShard.forward_batch), so there are no forwarders to keep in
+step and no method names in strings. Calls return object references; the driver passes those references
 on, so smashed data and gradients go from client actors to the server actor
 and back through Ray's object store, never through the driver.
 """
@@ -102,9 +104,14 @@ class _Host:
             raise StaleActorError("this actor was restarted and has not been restored from a snapshot")
         return self._held
 
-    def load_state(self, state: Any) -> None:
-        self._held.load_state(state)
-        self._stale = False
+    def call(self, method: Callable[..., Any], *args: Any) -> Any:
+        """The one entry point: `method` is a function of the held object's class
+        (e.g. ClientShard.forward_batch), passed by reference, never by name."""
+        if method in _RESTORES:  # loading a snapshot is what makes a restarted actor current
+            result = getattr(self._held, method.__name__)(*args)
+            self._stale = False
+            return result
+        return getattr(self._checked(), method.__name__)(*args)
 
 
 class ClientActor(_Host):
@@ -113,34 +120,6 @@ class ClientActor(_Host):
     def __init__(self, torch_threads: int, device_setting: str, *shard_args: Any) -> None:
         super().__init__(torch_threads, device_setting, lambda device: ClientShard(*shard_args, device))
 
-    @property
-    def shard(self) -> ClientShard:
-        return self._checked()
-
-    def forward_batch(self, epoch: int, step: int, client_ids: Any = None) -> Any:
-        return self.shard.forward_batch(epoch, step, client_ids)
-
-    def apply_gradient(self, delivery: Any, averaged_gradient: Any) -> None:
-        return self.shard.apply_gradient(delivery, averaged_gradient)
-
-    def upload_models(self) -> Any:
-        return self.shard.upload_models()
-
-    def train_local(self, epoch: int) -> tuple[float, int]:
-        return self.shard.train_local(epoch)
-
-    def load_model_state(self, state: Any, client_ids: Any = None) -> None:
-        return self.shard.load_model_state(state, client_ids)
-
-    def model_state(self, client_id: int) -> Any:
-        return self.shard.model_state(client_id)
-
-    def evaluate(self, top_state: Any, split: str, client_ids: Any = None, whole: bool = False) -> Any:
-        return self.shard.evaluate(top_state, split, client_ids, whole)
-
-    def state(self) -> Any:
-        return self.shard.state()
-
 
 class ServerActor(_Host):
     """Hosts the Server in its own process."""
@@ -148,33 +127,8 @@ class ServerActor(_Host):
     def __init__(self, torch_threads: int, device_setting: str, config: RunConfig) -> None:
         super().__init__(torch_threads, device_setting, lambda device: Server(config, device))
 
-    @property
-    def server(self) -> Server:
-        return self._checked()
 
-    def train_step(self, epoch: int, step: int, *uploads: Any) -> tuple:
-        return self.server.train_step(epoch, step, *uploads)
-
-    def average_client_models(self, *uploads: Any) -> Any:
-        return self.server.average_client_models(*uploads)
-
-    def relay_model(self, from_client: int, to_client: int, nbytes: int) -> None:
-        return self.server.relay_model(from_client, to_client, nbytes)
-
-    def receive_raw_data(self, client_id: int, nbytes: int) -> None:
-        return self.server.receive_raw_data(client_id, nbytes)
-
-    def top_state(self) -> Any:
-        return self.server.top_state()
-
-    def average_server_copies(self) -> None:
-        return self.server.average_server_copies()
-
-    def state(self) -> Any:
-        return self.server.state()
-
-    def pop_epoch_comm(self) -> Any:
-        return self.server.pop_epoch_comm()
+_RESTORES = {ClientShard.load_state, Server.load_state}
 
 
 def connect() -> bool:
@@ -276,8 +230,9 @@ class RayExecutor:
         )  # fmt: skip
         return reports
 
-    def call(self, target: Any, method: str, *args: Any, num_returns: int = 1) -> Any:
-        return getattr(target, method).options(num_returns=num_returns).remote(*args)
+    def call(self, target: Any, method: Callable[..., Any], *args: Any, num_returns: int = 1) -> Any:
+        """`method` of the object `target` hosts, run in its actor; returns object references."""
+        return target.call.options(num_returns=num_returns).remote(method, *args)
 
     def get(self, value: Any) -> Any:
         """ray.get in slices of GET_SLICE_S, so a stop signal is acted on within about that.

@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -30,6 +31,7 @@ from torch import nn
 from sglr_ray.config import RunConfig
 from sglr_ray.data import ImageSet, PreparedData, epoch_order, eval_slice, to_model_input
 from sglr_ray.methods.aggregate import weighted_state_sum
+from sglr_ray.nodes.grouped import GroupedBottoms, groupable
 from sglr_ray.nodes.models import SPLIT_MODELS, build_client_model, smashed_shape, state_nbytes, weights_copy
 from sglr_ray.nodes.optim import LrSchedule, autocast, make_optimizer, set_lr
 from sglr_ray.nodes.protocol import GradientDelivery, ModelUpload, SmashedBatch
@@ -56,6 +58,18 @@ def client_partitions(config: RunConfig, data: PreparedData) -> list[ImageSet]:
     return list(data.partitions)
 
 
+def _compact_copy(value: object) -> object:
+    """A deep copy whose tensors are clones: a deep-copied view would carry its whole base
+    storage along (a grouped client's optimizer state is a view of the group's)."""
+    if torch.is_tensor(value):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        return {k: _compact_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_compact_copy(v) for v in value]
+    return copy.deepcopy(value)
+
+
 class ClientShard:
     """The clients `client_ids`, with their partitions; `val`/`test` are shared evaluation sets."""
 
@@ -67,7 +81,10 @@ class ClientShard:
         val: ImageSet,
         test: ImageSet,
         device: str = "cpu",
+        group: bool = True,
     ) -> None:
+        """`group`: run the clients as one grouped model where the method allows it (see
+        `_make_group`); False keeps the per-client loop everywhere (tests compare the two)."""
         if len(client_ids) != len(partitions):
             raise ValueError(f"{len(client_ids)} client ids but {len(partitions)} partitions")
         self.config = config
@@ -88,11 +105,36 @@ class ClientShard:
         self._round: tuple[dict[str, torch.Tensor], float] | None = None
         self.eval_sets = {"val": val.writable_copy(), "test": test.writable_copy()}
         self._eval_top = SPLIT_MODELS[config.model].build_top().to(self.device)
-        self._pending: list[tuple[Client, torch.Tensor]] | None = None  # forwarded, awaiting gradients
+        # forwarded, awaiting gradients: (client, smashed) pairs, or the grouped smashed data
+        self._pending: list[tuple[Client, torch.Tensor]] | torch.Tensor | None = None
         self._orders: dict[int, tuple[int, torch.Tensor]] = {}  # client_id -> (epoch, its order)
         self._schedule = LrSchedule.parse(config.lr_schedule)
         self._plan: tuple[int, torch.Tensor, torch.Tensor] | None = None  # (epoch, counts, starts)
         self._smashed_shape = smashed_shape(config.model)
+        self._grouped = self._make_group() if group else None
+        self._grouped_orders: tuple[int, torch.Tensor] | None = None  # (epoch, (K, n) orders)
+
+    def _make_group(self) -> GroupedBottoms | None:
+        """The clients as one grouped model (nodes/grouped.py), where every step has every client
+        of the shard take part with a batch of b: PSL's parallel schedule without a batch plan.
+        Their partitions are stacked, (K, n, ...), so a step draws every client's batch at once;
+        each client's `data` becomes a view of its part."""
+        spec = self.config.spec
+        sizes = {len(c.data) for c in self.clients}
+        if (
+            spec.schedule != "parallel" or spec.batch_plan is not None or self.full_model
+            or len(self.clients) < 2 or len(sizes) != 1 or not groupable(self.clients[0].model)
+        ):  # fmt: skip
+            return None
+        images = np.stack([c.data.images for c in self.clients])
+        labels = np.stack([c.data.labels for c in self.clients])
+        for k, client in enumerate(self.clients):
+            client.data = ImageSet(images[k], labels[k])
+        self._stacked = (images, labels)
+        return GroupedBottoms(
+            [c.model for c in self.clients], [c.optimizer for c in self.clients],
+            self.config.optimizer, self.config.lr,
+        )  # fmt: skip
 
     def _new_client(self, client_id: int, data: ImageSet) -> Client:
         """A client with its starting model and optimizer.
@@ -169,6 +211,11 @@ class ClientShard:
         """Each client (all, or those named: SSL's turn) draws its batch and computes smashed data s_i."""
         if self.full_model:
             raise RuntimeError(f"--method {self.config.method} has no split layer to forward to")
+        if self._grouped is not None:
+            if client_ids is None:
+                return self._forward_grouped(epoch, step)
+            self._grouped.release()  # some clients only: the loop from here on
+            self._grouped = None
         smashed, labels, sizes = [], [], []
         self._pending = []
         chosen = self._select(client_ids)
@@ -190,11 +237,47 @@ class ClientShard:
             )
         return SmashedBatch(ids, sizes, torch.cat(smashed), torch.cat(labels))
 
+    def _forward_grouped(self, epoch: int, step: int) -> SmashedBatch:
+        """forward_batch for every client at once through the grouped model: the same batches
+        and the same smashed data as the per-client loop."""
+        self._set_epoch_lr(self.clients, epoch)  # may reset the clients' optimizers: before the check
+        models, optimizers = [c.model for c in self.clients], [c.optimizer for c in self.clients]
+        if not self._grouped.in_sync(models, optimizers):  # a reset, or a client model replaced
+            self._grouped.gather(models, optimizers)
+        set_lr(self._grouped.optimizer, self.clients[0].optimizer.param_groups[0]["lr"])
+        x, y = self._grouped_batch(epoch, step)
+        with self._autocast():
+            s = self._grouped.forward(x)
+        self._pending = s  # keeps the graph for apply_gradient
+        batch = self.config.batch_size
+        return SmashedBatch(self.client_ids, [batch] * len(self.clients), s.detach().cpu(), y)
+
+    def _grouped_batch(self, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every client's `_batch` at once: inputs (K, b, 1, 32, 32) and labels (K*b,)."""
+        if self._grouped_orders is None or self._grouped_orders[0] != epoch:
+            n = len(self.clients[0].data)
+            orders = [epoch_order(self.config.seed, c.client_id, epoch, n) for c in self.clients]
+            self._grouped_orders = (epoch, torch.stack(orders).numpy())
+        b, images, labels = self.config.batch_size, *self._stacked
+        index = self._grouped_orders[1][:, step * b : (step + 1) * b]
+        rows = np.arange(len(self.clients))[:, None]
+        x = to_model_input(images[rows, index].reshape(-1, *images.shape[2:])).to(self.device)
+        y = torch.from_numpy(labels[rows, index].reshape(-1))
+        return x.reshape(len(self.clients), b, *x.shape[1:]), y
+
     def apply_gradient(self, delivery: GradientDelivery, averaged_gradient: torch.Tensor | None) -> None:
         """Back-propagate each client's split-layer gradient (own or averaged) and step its optimizer."""
         if self._pending is None:
             raise RuntimeError("apply_gradient called without a forward_batch before it")
         averaged = set(delivery.averaged)
+        if isinstance(self._pending, torch.Tensor):  # the grouped forward: one backward, one step
+            grads = [
+                averaged_gradient if c.client_id in averaged else delivery.own[c.client_id]
+                for c in self.clients
+            ]
+            self._grouped.step(self._pending, torch.cat(grads).to(self.device))
+            self._pending = None
+            return
         for client, s in self._pending:
             grad = averaged_gradient if client.client_id in averaged else delivery.own[client.client_id]
             client.optimizer.zero_grad(set_to_none=True)
@@ -272,13 +355,16 @@ class ClientShard:
         """Load `state` into every client of the shard, or only those named.
 
         FL: `state` becomes the global model the next round starts from (all clients).
+        Under reset a loaded client's optimizer state goes now (FedAvg's mean, SSL's
+        hand-over: a new round for it), not at its next step: it is not kept between epochs.
         """
+        chosen = self.clients[:1] if self._one_model else self._select(client_ids)
         if self._one_model:
             self._global, self._round = {k: v.to(self.device) for k, v in state.items()}, None
-            self.clients[0].model.load_state_dict(state)  # what evaluation scores
-            return
-        for client in self._select(client_ids):
+        for client in chosen:  # FL: the working model, which evaluation scores
             client.model.load_state_dict(state)
+            if self._resets:
+                client.optimizer.state.clear()
 
     # --- checkpoints -------------------------------------------------------------------
 
@@ -296,7 +382,7 @@ class ClientShard:
         for c in self.clients:
             saved = {} if shared else {"model": weights_copy(c.model)}
             if not self._resets:
-                saved["optimizer"] = copy.deepcopy(c.optimizer.state_dict())
+                saved["optimizer"] = _compact_copy(c.optimizer.state_dict())
             clients[c.client_id] = saved
         return {"model": weights_copy(self.clients[0].model) if shared else None, "clients": clients}
 
@@ -312,6 +398,8 @@ class ClientShard:
                 client.optimizer.load_state_dict(saved["optimizer"])
             else:  # a fresh optimizer, as at the start of a round
                 client.optimizer.state.clear()
+        if self._grouped is not None:  # the group takes the loaded weights and optimizer state
+            self._grouped.gather([c.model for c in self.clients], [c.optimizer for c in self.clients])
         self._fresh_in.clear()
         self._pending = None
 

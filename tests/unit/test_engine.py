@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -155,6 +156,7 @@ def test_crash_mid_run_leaves_complete_tables_and_failed_status(tiny_config, tmp
     calls = {"n": 0}
     real = client.ClientShard.evaluate
 
+    @functools.wraps(real)  # the executors dispatch by the method's name
     def evaluate_then_crash(self, *args):
         calls["n"] += 1
         if calls["n"] > 1:  # epoch 0's validation passes, epoch 1's fails

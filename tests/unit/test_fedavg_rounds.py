@@ -147,3 +147,13 @@ def test_reset_and_keep_differ_from_the_second_round_on(tiny_config, method):
         for s in ("reset", "keep")
     )
     assert reset[0] == keep[0] and reset[1] != keep[1]
+
+
+@pytest.mark.parametrize("method", ["fl", "sfl", "sflv1"])
+@pytest.mark.parametrize("setting", ["reset", "keep"])
+def test_under_reset_no_optimizer_state_outlives_a_round(tiny_config, method, setting):
+    ex, _ = run_rounds(
+        tiny_config(method=method, clients=3, clients_per_actor=2, client_optimizer_state=setting)
+    )
+    held = [bool(c.optimizer.state) for shard in ex.shards for c in shard.clients]
+    assert held == [setting == "keep"] * 3

@@ -191,17 +191,17 @@ def test_a_noted_signal_stops_the_next_run_before_it_starts():
 
 def test_concurrent_runs_into_one_out_lose_no_rows(tmp_path):
     out, runs = str(tmp_path / "out"), 3
-    flags = [*FLAGS[:-2], "--epochs", "3", "--out", out]  # FLAGS ends with --epochs
+    flags = [*FLAGS, "--samples-per-client", "50", "--epochs", "3", "--out", out]  # later flags win
     procs = [
         start(["run", *flags, "--seed", str(i), "--run-id", f"r{i}"], tmp_path / f"r{i}.log")
         for i in range(runs)
     ]
     reads = 0
     while any(p.poll() is None for p in procs):  # every file is whole whenever it is read
-        if (Path(out) / "epochs").is_dir():
-            for table in ("runs", "epochs", "clients"):
+        for table in ("runs", "epochs", "clients"):
+            if list(Path(out, table).glob("*.parquet")):
                 pd.read_parquet(f"{out}/{table}")
-            reads += 1
+                reads += 1
         time.sleep(0.02)
     assert [p.returncode for p in procs] == [0] * runs and reads > 0
     epochs = pd.read_parquet(f"{out}/epochs")
