@@ -23,8 +23,10 @@ def models(ex: LocalExecutor) -> list[torch.nn.Module]:
 def test_with_one_client_every_baseline_trains_exactly_like_psl(tiny_config, tmp_out):
     # One client: CL, FL and SSL all reduce to training the split model on its data,
     # which PSL with C = 1 does too (SPEC section 2), so losses and accuracy agree.
+    # FL keeps its optimizer across rounds here, as the others do (by default it restarts it).
+    keep = {"client_optimizer_state": "keep"}
     runs = {
-        m: run_experiment(tiny_config(method=m, clients=1, epochs=2, out=tmp_out, run_id=m))
+        m: run_experiment(tiny_config(method=m, clients=1, epochs=2, out=tmp_out, run_id=m, **keep))
         for m in ("psl", "cl", "fl", "ssl")
     }
     for method in ("cl", "fl", "ssl"):
@@ -51,7 +53,8 @@ def test_cl_trains_one_model_on_the_union_and_pays_raw_data_once(tiny_config, tm
 
 
 def test_fl_round_leaves_every_client_at_the_weighted_mean_with_weights_counted_both_ways(tiny_config):
-    config = tiny_config(method="fl", clients=3, clients_per_actor=2)
+    # One client per shard, so each shard's working model ends the round as its client trained it.
+    config = tiny_config(method="fl", clients=3, clients_per_actor=1)
     ex = LocalExecutor(config, prepare_data(config))
     before = [{k: v.clone() for k, v in m.state_dict().items()} for m in models(ex)]
     for shard in ex.shards:
