@@ -75,7 +75,7 @@ class RunConfig:
     client_optimizer_state: str = setting(
         "auto", "clients' optimizer state across rounds: reset (every round starts afresh, as FedAvg "
         "and Flower do), keep, or auto (reset for methods that average client models, else keep)",
-        choices=("auto", "reset", "keep"),
+        choices=("auto", "reset", "keep"), absent_means="keep",
     )  # fmt: skip
     lr_schedule: str = setting(
         "constant", "learning rates over epochs, clients and server alike: constant, or step:F:G (multiply "
@@ -271,18 +271,27 @@ class RunConfig:
         return self.steps_per_epoch
 
     def identity(self) -> dict[str, Any]:
-        """The settings that can change a number: what makes two runs the same run."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata["identity"]}
+        """The settings that can change a number: what makes two runs the same run. A choice the
+        method resolves (client_optimizer_state auto) appears as what it resolved to, so
+        `auto` and the explicit value it stands for are one run."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata["identity"]}
+        values["client_optimizer_state"] = "reset" if self.resets_client_optimizers else "keep"
+        return values
+
+    def _hashed_identity(self) -> dict[str, Any]:
+        """`identity()` less the later-added settings at the value that reproduces older runs."""
+        absent = {f.name: f.metadata["absent_means"] for f in dataclasses.fields(self)}
+        return {k: v for k, v in self.identity().items() if absent[k] is None or v != absent[k]}
 
     @property
     def run_key(self) -> str:
         """A short hash of `identity()`: equal exactly when the runs compute the same thing."""
-        return settings_hash(self.identity())
+        return settings_hash(self._hashed_identity())
 
     @property
     def cell_key(self) -> str:
         """A short hash of `identity()` without the seed: the runs a table averages over seeds."""
-        return settings_hash({k: v for k, v in self.identity().items() if k != "seed"})
+        return settings_hash({k: v for k, v in self._hashed_identity().items() if k != "seed"})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

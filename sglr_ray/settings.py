@@ -31,6 +31,7 @@ def setting(
     low: float | None = None,
     high: float | None = None,
     low_open: bool = False,
+    absent_means: Any = None,
 ) -> Any:
     """A RunConfig field with its metadata.
 
@@ -38,9 +39,12 @@ def setting(
       make up a run's identity. Where and how a run executes (executor, threads,
       checkpoints) cannot, by design: the executors are checked to agree.
     low/high: inclusive bounds (low_open: strictly greater than low).
+    absent_means: for a setting added after runs were recorded, the value that reproduces
+      what the code did before it existed. At that value the setting stays out of the
+      identity hash, so those runs keep their names and a sweep does not redo them.
     """
     meta = {"help": help, "identity": identity, "choices": choices, "low": low, "high": high,
-            "low_open": low_open}  # fmt: skip
+            "low_open": low_open, "absent_means": absent_means}  # fmt: skip
     return field(default=default, metadata=meta)
 
 

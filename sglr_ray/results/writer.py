@@ -92,15 +92,18 @@ def check_run_identity(config: RunConfig, run_id: str) -> None:
     path = Path(config.out) / "runs" / f"{run_id}.parquet"
     if not path.is_file():
         return
-    recorded = json.loads(pq.read_table(path, columns=["config_json"]).column(0)[0].as_py())
-    mine = config.identity()
-    differ = sorted(k for k in mine if recorded.get(k) != mine[k])
-    if differ:
-        detail = ", ".join(f"{k}: recorded {recorded.get(k)!r}, now {mine[k]!r}" for k in differ[:4])
-        raise ConfigError(
-            f"--run-id {run_id!r} already names a run in {config.out!r} with other settings ({detail}); "
-            "choose another --run-id or --out"
-        )
+    row = pq.read_table(path).to_pylist()[0]
+    recorded_key = row.get("run_key")  # absent in tables written before run keys existed
+    if recorded_key == config.run_key:
+        return
+    recorded, mine = json.loads(row["config_json"]), config.to_dict()
+    differ = sorted(k for k in config.identity() if k in recorded and recorded[k] != mine[k])
+    detail = ", ".join(f"{k}: recorded {recorded[k]!r}, now {mine[k]!r}" for k in differ[:4])
+    raise ConfigError(
+        f"--run-id {run_id!r} already names a run in {config.out!r} with other settings "
+        f"({detail or f'run_key recorded {recorded_key}, now {config.run_key}'}); "
+        "choose another --run-id or --out"
+    )
 
 
 def _share(correct: int | None, scored: int | None) -> float | None:

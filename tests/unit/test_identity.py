@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from sglr_ray import cli
-from sglr_ray.config import ConfigError, RunConfig, config_fields
+from sglr_ray.config import ConfigError, RunConfig, config_fields, settings_hash
 from sglr_ray.data import eval_slice, prepare_data
 from sglr_ray.execution import sweep
 from sglr_ray.execution.driver import run_experiment
@@ -48,6 +48,22 @@ def test_every_identity_setting_is_in_the_run_key():
     for name, value in [("leakage_epochs", 7), ("joules_per_bit", 1e-6), ("eval_mode", "every")]:
         assert config.replace(**{name: value}).run_key != config.run_key, name
     assert config.replace(executor="ray", torch_threads=2).run_key == config.run_key
+
+
+def test_a_resolved_choice_and_its_explicit_value_are_one_run():
+    for method, resolved, other in [("fl", "reset", "keep"), ("sglr", "keep", "reset")]:
+        auto = RunConfig(**BASE, method=method, client_optimizer_state="auto")
+        assert auto.run_key == auto.replace(client_optimizer_state=resolved).run_key, method
+        assert auto.run_key != auto.replace(client_optimizer_state=other).run_key, method
+
+
+def test_a_setting_added_later_keeps_older_runs_keys_at_the_value_they_ran_with():
+    # Runs recorded before client_optimizer_state existed kept every client's optimizer: their
+    # run_key hashed the identity without the setting. At "keep" the key must still be that one.
+    config = RunConfig(**BASE, method="fl", client_optimizer_state="keep")
+    older = {k: v for k, v in config.identity().items() if k != "client_optimizer_state"}
+    assert config.run_key == settings_hash(older)
+    assert config.replace(client_optimizer_state="reset").run_key != settings_hash(older)
 
 
 def test_runs_table_has_a_column_for_every_setting_and_the_keys():
