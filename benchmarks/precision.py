@@ -2,12 +2,12 @@
 
 The same short training (PSL, 5 clients, Fashion-MNIST when present) in each
 precision; samples/s is over the training epochs only, accuracy on a fixed 2000
-of the test split after them. The ratio bf16/fp32 is the figure (target: >= 1.3 on a
+of the test split (--test-samples) after them. The ratio bf16/fp32 is the figure (target: >= 1.3 on a
 CPU with bf16 matrix units, accuracy within 1.5 points). Which CPU features
 the machine has is recorded beside the numbers: without AMX or AVX512-BF16,
 bf16 runs through slow emulation paths.
 
-  .venv/bin/python -m benchmarks.precision --epochs 1 --samples-per-client 400
+  .venv/bin/python -m benchmarks.precision --epochs 1 --samples-per-client 100 --test-samples 500
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--samples-per-client", type=int, default=1000)
     parser.add_argument("--models", nargs="+", default=["alexnet", "resnet16"])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--test-samples", type=int, default=2000)
     args = parser.parse_args(argv)
     try:
         find_fashion_mnist()
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
             config = RunConfig(
                 method="psl", model=model, dataset=dataset, clients=5, epochs=args.epochs,
                 samples_per_client=args.samples_per_client, precision=precision, val_samples=500,
-                test_samples=2000,
+                test_samples=args.test_samples,
                 torch_threads=args.threads, checkpoint_every=0, out="/tmp/sglr-precision-bench",
             )  # fmt: skip
             outcome = run_experiment(config)

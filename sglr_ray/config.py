@@ -241,9 +241,7 @@ class RunConfig:
     @property
     def resets_client_optimizers(self) -> bool:
         """Whether each round starts the clients' optimizers afresh (--client-optimizer-state)."""
-        if self.client_optimizer_state == "auto":
-            return self.spec.average_clients
-        return self.client_optimizer_state == "reset"
+        return resolved_optimizer_state(self.method, self.client_optimizer_state) == "reset"
 
     @property
     def server_lr(self) -> float:
@@ -278,20 +276,15 @@ class RunConfig:
         values["client_optimizer_state"] = "reset" if self.resets_client_optimizers else "keep"
         return values
 
-    def _hashed_identity(self) -> dict[str, Any]:
-        """`identity()` less the later-added settings at the value that reproduces older runs."""
-        absent = {f.name: f.metadata["absent_means"] for f in dataclasses.fields(self)}
-        return {k: v for k, v in self.identity().items() if absent[k] is None or v != absent[k]}
-
     @property
     def run_key(self) -> str:
         """A short hash of `identity()`: equal exactly when the runs compute the same thing."""
-        return settings_hash(self._hashed_identity())
+        return identity_hash(self.identity())
 
     @property
     def cell_key(self) -> str:
         """A short hash of `identity()` without the seed: the runs a table averages over seeds."""
-        return settings_hash({k: v for k, v in self._hashed_identity().items() if k != "seed"})
+        return identity_hash(self.identity(), with_seed=False)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -301,6 +294,25 @@ class RunConfig:
 
     def replace(self, **changes: Any) -> RunConfig:
         return dataclasses.replace(self, **changes)
+
+
+def resolved_optimizer_state(method: str, value: str) -> str:
+    """client_optimizer_state as run: auto means reset for methods that average client models."""
+    if value == "auto":
+        return "reset" if get_method(method).average_clients else "keep"
+    return value
+
+
+def identity_hash(identity: dict[str, Any], with_seed: bool = True) -> str:
+    """run_key (or, without the seed, cell_key) of an identity. A setting added after runs were
+    recorded is left out at its `absent_means` value, so those runs keep their keys."""
+    absent = {f.name: f.metadata["absent_means"] for f in dataclasses.fields(RunConfig)}
+    kept = {
+        k: v
+        for k, v in identity.items()
+        if (with_seed or k != "seed") and (absent[k] is None or v != absent[k])
+    }
+    return settings_hash(kept)
 
 
 def settings_hash(settings: dict[str, Any]) -> str:

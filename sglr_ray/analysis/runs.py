@@ -26,7 +26,13 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-from sglr_ray.config import METHOD_SETTINGS, config_fields, setting_type, settings_hash
+from sglr_ray.config import (
+    METHOD_SETTINGS,
+    config_fields,
+    identity_hash,
+    resolved_optimizer_state,
+    setting_type,
+)
 from sglr_ray.methods import METHODS, Method
 from sglr_ray.methods.base import own_gradients
 from sglr_ray.methods.sglr import split_avg
@@ -38,7 +44,9 @@ IDENTITY_FIELDS = [f for f in config_fields() if f.metadata["identity"]]
 IDENTITY = [f.name for f in IDENTITY_FIELDS]
 # The settings the tables put in their rows and columns; every other identity setting but the
 # seed is the workload, which one table holds fixed.
-SETTING_KNOBS = ("method", "clients", "alpha", "phi", "phase", *METHOD_SETTINGS)
+# Settings whose meaning depends on the method: a table shows them where its runs differ in one.
+PER_METHOD = (*METHOD_SETTINGS, "client_optimizer_state")
+SETTING_KNOBS = ("method", "clients", "alpha", "phi", "phase", *PER_METHOD)
 SETTING = ["method", "C", "alpha", "phi", "phase"]  # + the method settings where runs differ in one
 
 # Split-layer rules that phi alone decides: with phi 0 both hand every client its own gradient,
@@ -103,8 +111,10 @@ def _typed(f: dataclasses.Field, value: Any) -> Any:
 
 def settings_key(row: Mapping[str, Any], with_seed: bool = True) -> str:
     """config.py's run_key (with_seed) or cell_key of the settings in a runs row."""
-    fields = [f for f in IDENTITY_FIELDS if with_seed or f.name != "seed"]
-    return settings_hash({f.name: _typed(f, row.get(f.name)) for f in fields})
+    values = {f.name: _typed(f, row.get(f.name)) for f in IDENTITY_FIELDS}
+    state = values["client_optimizer_state"]
+    values["client_optimizer_state"] = resolved_optimizer_state(values["method"], state)
+    return identity_hash(values, with_seed)
 
 
 def annotate(runs: pd.DataFrame) -> pd.DataFrame:
@@ -115,6 +125,8 @@ def annotate(runs: pd.DataFrame) -> pd.DataFrame:
         return runs
     knobs = zip(runs.method, runs.alpha, runs.phi, strict=True)
     named = runs.assign(recorded_method=runs.method, method=[effective_method(*k) for k in knobs])
+    states = zip(named.method, named.client_optimizer_state, strict=True)
+    named["client_optimizer_state"] = [resolved_optimizer_state(m, v) for m, v in states]
     redo = (named.method != named.recorded_method) | named.run_key.isna() | named.cell_key.isna()
     rows = named.to_dict("records")
     run_key = [settings_key(r) if again else r["run_key"] for r, again in zip(rows, redo, strict=True)]
@@ -147,7 +159,9 @@ def load_runs(out: str | Path) -> pd.DataFrame:
     runs = _read_dir(Path(out) / "runs", RUNS_SCHEMA)
     if "num_clients" in runs.columns:
         runs = runs.assign(clients=runs.clients.fillna(runs.num_clients)).drop(columns="num_clients")
-    gaps = {f.name: f.default for f in IDENTITY_FIELDS if f.default is not None and runs[f.name].isna().any()}
+    # A setting added later fills with the value older runs ran with (absent_means), else its default.
+    gaps = {f.name: f.metadata["absent_means"] or f.default for f in IDENTITY_FIELDS}
+    gaps = {name: value for name, value in gaps.items() if value is not None and runs[name].isna().any()}
     return runs.fillna(gaps) if gaps else runs
 
 
@@ -249,8 +263,13 @@ def workload_label(run: pd.Series, extra: Iterable[str] = ()) -> str:
 
 
 def setting_keys(frame: pd.DataFrame) -> list[str]:
-    """SETTING, plus each method setting (local_epochs, ...) the runs differ in."""
-    varies = [s for s in METHOD_SETTINGS if s in frame.columns and frame[s].nunique() > 1]
+    """SETTING, plus each per-method setting (local_epochs, ...) that differs between runs of one
+    method: a difference between methods alone (fl resets its optimizers, psl keeps them) is the
+    method's, not a setting the table varies."""
+    if frame.empty:
+        return list(SETTING)
+    per_method = frame.groupby("method", dropna=False)
+    varies = [s for s in PER_METHOD if s in frame.columns and per_method[s].nunique(dropna=False).max() > 1]
     return [*SETTING, *varies]
 
 

@@ -210,3 +210,30 @@ def test_paired_difference_refuses_another_workload(tmp_path):
     runs = [run_row("psl", method="psl"), run_row("sglr", alpha=0.5, phi=0.5, lr=0.01)]
     with pytest.raises(analysis.MixedWorkloadError, match="lr"):
         analysis.paired_difference(write_results(tmp_path / "o", runs), {"method": "sglr"}, {"method": "psl"})
+
+
+def test_runs_from_before_a_setting_existed_form_their_own_cell_beside_the_new_default(tmp_path):
+    # FL runs recorded before client_optimizer_state existed kept their optimizers ("keep"); FL's
+    # default is now "reset". One table shows both, told apart by the setting, never averaged.
+    old = [
+        {k: v for k, v in run_row(f"fl-old-s{s}", method="fl", seed=s, client_optimizer_state="keep",
+                                  final_test_acc=0.80).items() if k != "client_optimizer_state"}
+        for s in (0, 1)
+    ]  # fmt: skip
+    new = [run_row(f"fl-new-s{s}", method="fl", seed=s, final_test_acc=0.90) for s in (0, 1)]
+    psl = [run_row(f"psl-s{s}", method="psl", seed=s, final_test_acc=0.85) for s in (0, 1)]
+    out = write_results(tmp_path / "o", [*new, *psl])
+    for row in old:
+        write_table_atomic([row], None, out / "runs" / f"{row['run_id']}.parquet")
+    done = analysis.completed_runs(out).set_index("run_id")
+    assert done.loc["fl-old-s0", "client_optimizer_state"] == "keep"
+    assert done.loc["fl-new-s0", "client_optimizer_state"] == "reset"
+    assert (
+        done.loc["fl-old-s0", "run_key"]
+        == run_row("x", method="fl", client_optimizer_state="keep")["run_key"]
+    )
+    table = analysis.method_comparison(out)
+    assert "client_optimizer_state" in table.index.names
+    acc = table.acc.droplevel(["C", "alpha", "phi", "phase"])
+    assert acc[("fl", "keep")] == pytest.approx(80) and acc[("fl", "reset")] == pytest.approx(90)
+    assert acc[("psl", "keep")] == pytest.approx(85)
