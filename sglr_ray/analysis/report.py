@@ -78,6 +78,7 @@ def _tables(runs: pd.DataFrame, epochs: pd.DataFrame, leakage: pd.DataFrame) -> 
         *_paired(runs),
         *_leakage(leakage),
         *_communication(epochs),
+        *_convergence(epochs),
     ]
 
 
@@ -212,6 +213,20 @@ def _communication(epochs: pd.DataFrame) -> list[str]:
     note = "Mean over epochs and seeds. Server-sent counts a broadcast once."
     shown = table.rename(columns=_COMM_NAMES)
     return [*_section(title, shown, note), *_paragraphs(server_saving_sentence(table))]
+
+
+def _convergence(epochs: pd.DataFrame) -> list[str]:
+    table = analysis.convergence(epochs) if not epochs.empty else pd.DataFrame()
+    if table.empty or table.last_gain.isna().all():
+        return []
+    note = (
+        "Validation accuracy of each run's last 2 epochs minus the 2 before (points; the largest over "
+        f"seeds). Largest in this table: {table.last_gain.max():+.2f}; the epoch budget counts as "
+        "converged where this stays under 0.5 points."
+    )
+    return _section(
+        "Convergence: the last epochs' gain", table.rename(columns={"last_gain": "gain"}), note, 2
+    )
 
 
 _COMM_NAMES = {

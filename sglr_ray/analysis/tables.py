@@ -57,7 +57,7 @@ from sglr_ray.analysis.stats import paired_summary, summarise
 __all__ = [
     "GRID_METHODS", "MB", "SETTING", "STATS", "AmbiguousPairError", "MixedWorkloadError",
     "accuracy_by_clients_alpha", "accuracy_by_clients_phi", "accuracy_by_phase", "accuracy_per_epoch",
-    "best_per_method", "communication_per_epoch", "compare_with_paper", "completed_runs",
+    "best_per_method", "communication_per_epoch", "compare_with_paper", "completed_runs", "convergence",
     "drops_with_clients", "effective_method", "gain_over", "leakage_by_phi", "load_epochs",
     "load_leakage", "load_runs", "means", "method_comparison", "paired_difference", "paper_reference",
     "server_saving", "setting_label", "setting_labels", "split_workloads", "workload_columns",
@@ -222,6 +222,28 @@ def accuracy_per_epoch(epochs: Source) -> pd.DataFrame:
     check_cells(epochs, setting_keys(epochs))
     frame = epochs.assign(setting=setting_labels(epochs), epoch=epochs.epoch + 1, acc=100 * epochs.val_acc)
     return frame.pivot_table(index="epoch", columns="setting", values="acc", aggfunc="mean")
+
+
+def convergence(epochs: Source, window: int = 2) -> pd.DataFrame:
+    """The plateau check behind an epoch budget: per setting, the validation accuracy (points) of
+    each run's last `window` epochs minus that of the `window` before them, as the largest over
+    seeds (`last_gain`) and the number of runs. A budget is enough when last_gain stays small."""
+    epochs = load_epochs(epochs) if not isinstance(epochs, pd.DataFrame) else epochs
+    epochs = epochs[epochs.status == "completed"]
+    if epochs.empty:
+        return pd.DataFrame()
+    keys = setting_keys(epochs)
+    check_cells(epochs, keys)
+
+    def gain(run: pd.DataFrame) -> float:
+        acc = 100 * run.sort_values("epoch").val_acc.to_numpy()
+        if len(acc) < 2 * window:
+            return float("nan")
+        return float(acc[-window:].mean() - acc[-2 * window : -window].mean())
+
+    per_run = epochs.groupby([*keys, "run_id"], dropna=False)[["epoch", "val_acc"]].apply(gain)
+    grouped = per_run.groupby(level=keys, dropna=False)
+    return _sort_methods(pd.DataFrame({"last_gain": grouped.max(), "runs": grouped.size()}))
 
 
 # ---------------------------------------------------------------- paired differences

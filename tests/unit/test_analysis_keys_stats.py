@@ -237,3 +237,13 @@ def test_runs_from_before_a_setting_existed_form_their_own_cell_beside_the_new_d
     acc = table.acc.droplevel(["C", "alpha", "phi", "phase"])
     assert acc[("fl", "keep")] == pytest.approx(80) and acc[("fl", "reset")] == pytest.approx(90)
     assert acc[("psl", "keep")] == pytest.approx(85)
+
+
+def test_convergence_is_the_last_epochs_gain_per_setting(tmp_path):
+    # epoch_rows climbs 2 points an epoch: the last 2 epochs sit 4 points over the 2 before.
+    rows = [run_row(f"psl-s{s}", method="psl", seed=s, epochs_done=6) for s in (0, 1)]
+    rows.append(run_row("short", method="sglr", alpha=0.5, epochs_done=3))  # too few epochs: no figure
+    table = analysis.convergence(write_results(tmp_path / "o", rows)).droplevel(["C", "phi", "phase"])
+    assert table.loc[("psl", 0.0), "last_gain"] == pytest.approx(4.0)
+    assert table.loc[("psl", 0.0), "runs"] == 2
+    assert math.isnan(table.loc[("slr", 0.5), "last_gain"])
