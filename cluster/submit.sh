@@ -25,8 +25,9 @@ Environment:
                     ~/.ray/auth_token. RAY_AUTH_MODE=token is set here: Ray clients send no token
                     without it.
   SGLR_OUT          --out for the run, a path on the head (default /tmp/sglr-ray/out; a relative path
-                    would land in the job's temporary copy of the repository). An --out among the
-                    flags wins.
+                    would land in the job's temporary copy of the repository), or a URI every node
+                    reaches (s3://bucket/x?endpoint_override=host:9000&scheme=http). An --out among
+                    the flags wins.
   SGLR_TORCH_INDEX  extra pip index for torch with --pip (default: CPU-only wheels,
                     https://download.pytorch.org/whl/cpu; empty for PyPI only)
   RAY, PYTHON       the `ray` and `python3` to run (default: the ones on PATH)

@@ -7,9 +7,13 @@ Examples:
   sglr-ray run --config exp.yaml --seed 3        # flags override the file
   sglr-ray sweep --grid grid.yaml --parallel 2   # a grid of runs; completed ones are skipped
   sglr-ray run --resume out/RUN_ID               # carry on a run whose driver died
+  sglr-ray run --out 's3://bucket/x?endpoint_override=host:9000&scheme=http'   # results on S3
+  sglr-ray run --resume 's3://bucket/x/RUN_ID?endpoint_override=host:9000&scheme=http'
   sglr-ray report results/table4                 # report.md with the paper's tables, and plots
 
 Results go to --out as Parquet (runs/, epochs/, clients/): pandas.read_parquet("out/epochs").
+--out is a directory or a URI pyarrow.fs understands (s3://, gs://, hdfs://); checkpoints go
+there too, so a run's --resume works from any node that reaches it.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -40,6 +45,7 @@ from sglr_ray.execution.driver import EpochResult, RunOutcome, run_experiment
 from sglr_ray.execution.interrupt import RunInterrupted, interruption, stop_on_signals
 from sglr_ray.execution.sweep import expand_grid, pending, run_sweep
 from sglr_ray.methods import METHODS
+from sglr_ray.results.storage import Storage, join_run, split_run
 from sglr_ray.results.summary import format_epoch_line, format_summary
 from sglr_ray.results.writer import read_run_settings
 
@@ -85,9 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--path", type=Path, help="where to write the report (default: OUT/report.md)")
     run.add_argument("--config", type=Path, help="YAML or TOML file of run settings; flags override it")
     run.add_argument(
-        "--resume", type=Path, metavar="OUT/RUN_ID",
+        "--resume", metavar="OUT/RUN_ID",
         help="carry on the run recorded as OUT/runs/RUN_ID.parquet from its last checkpoint, "
-        "with its own settings",
+        "with its own settings; for a URI the run id ends the path, before the query: "
+        "s3://bucket/x/RUN_ID?endpoint_override=...",
     )  # fmt: skip
     run.add_argument("-v", "--verbose", action="store_true", help="log what the executors do")
     for f in config_fields():
@@ -143,8 +150,10 @@ def run_grid(path: Path, parallel: int, dry_run: bool, args: argparse.Namespace 
         print(f"sglr-ray: error: {ex}", file=sys.stderr)
         return 2
     todo = {c.run_id for c in pending(configs)}
+    stores = {out: Storage(out) for out in {c.out for c in configs}}
     for config in configs:
-        print(f"{'todo' if config.run_id in todo else 'done'}  {config.out}/runs/{config.run_id}.parquet")
+        where = stores[config.out].display(f"runs/{config.run_id}.parquet")
+        print(f"{'todo' if config.run_id in todo else 'done'}  {where}")
     if not dry_run:
         if args is not None and args.backend == "ray":
             run_grid_on_ray(configs, args)
@@ -171,11 +180,18 @@ def resumed_config(args: argparse.Namespace) -> RunConfig:
     given = [f"--{f.name.replace('_', '-')}" for f in config_fields() if getattr(args, f.name) is not None]
     if args.config or given:
         raise ConfigError(f"--resume uses the run's recorded settings; drop {', '.join(given) or '--config'}")
-    out, run_id = args.resume.parent, args.resume.name
-    settings = check_setting_names(
-        read_run_settings(str(out), run_id), f"--resume {str(args.resume)!r}: the run"
-    )
-    return RunConfig(**settings | {"out": str(out), "run_id": run_id})
+    out, run_id = resume_target(args.resume)
+    settings = check_setting_names(read_run_settings(out, run_id), f"--resume {args.resume!r}: the run")
+    return RunConfig(**settings | {"out": out, "run_id": run_id})
+
+
+def resume_target(address: str) -> tuple[str, str]:
+    """--resume OUT/RUN_ID as (out, run_id): a directory and a name, or for a URI the path's
+    last segment as the run id with the query kept on out (s3://b/x/RUN?q -> s3://b/x?q, RUN)."""
+    try:
+        return split_run(address)
+    except ValueError as ex:
+        raise ConfigError(f"--resume {ex}") from ex
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -205,10 +221,11 @@ def interrupted_message(command: str, stop: RunInterrupted) -> str:
         return f"{head}; run it again to carry on: completed runs are skipped, interrupted ones resume"
     if command != "run":
         return head
-    if stop.run_id is None or not (Path(stop.out) / "runs" / f"{stop.run_id}.parquet").is_file():
+    if stop.run_id is None or not Storage(stop.out).exists(f"runs/{stop.run_id}.parquet"):
         return f"{head} before the run was recorded; nothing to resume"
     done = "" if stop.epochs_done is None else f" after {stop.epochs_done} epochs"
-    return f"{head}: {stop.run_id}{done}; carry on with: sglr-ray run --resume {Path(stop.out) / stop.run_id}"
+    address = shlex.quote(join_run(stop.out, stop.run_id))  # a URI's ? and & are the shell's otherwise
+    return f"{head}: {stop.run_id}{done}; carry on with: sglr-ray run --resume {address}"
 
 
 def run_command(args: argparse.Namespace) -> int:

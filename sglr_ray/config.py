@@ -15,7 +15,6 @@ import dataclasses
 import difflib
 import hashlib
 import json
-import os
 import re
 import typing
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from sglr_ray.methods.phase import Phase, PhaseError
 from sglr_ray.methods.sglr import split_lr
 from sglr_ray.nodes.models import SPLIT_MODELS
 from sglr_ray.nodes.optim import LrSchedule
+from sglr_ray.results.storage import Storage
 from sglr_ray.settings import ConfigError, checked_value, flag, setting
 
 DEFAULT_ALPHA = 0.5  # the paper's Table 4 SGLR setting
@@ -145,7 +145,9 @@ class RunConfig:
     max_restarts: int = setting(
         3, "restarts of a dead Ray actor; each replays the epoch in progress", identity=False, low=0
     )
-    out: str = setting("out", "results directory (Parquet tables under runs/, epochs/, clients/)",
+    out: str = setting("out", "where results and checkpoints go (Parquet tables under runs/, epochs/, "
+                       "clients/): a directory, or a URI pyarrow.fs reads such as s3://bucket/path "
+                       "(S3 options in its query: ?endpoint_override=host:port&scheme=http)",
                        identity=False)  # fmt: skip
     run_id: str = setting(
         "", "name of this run's result files (default: method, model, clients, seed and a hash of the "
@@ -350,15 +352,12 @@ def check_setting_names(settings: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def check_writable(out: str) -> None:
-    """Fail early, naming the directory, if results cannot be written under `out`."""
+    """Fail early, naming the location, if results cannot be written under `out`
+    (a directory, or a URI such as s3://bucket/path: see results/storage.py)."""
     try:
-        os.makedirs(out, exist_ok=True)
-        probe = os.path.join(out, f".write-probe-{os.getpid()}")
-        with open(probe, "w") as fh:
-            fh.write("ok")
-        os.remove(probe)
-    except OSError as ex:
-        raise ConfigError(f"--out {out!r} is not writable: {ex.strerror or ex}") from ex
+        Storage(out).check_writable()
+    except (OSError, ValueError) as ex:  # ValueError: pyarrow's ArrowInvalid, a URI it cannot parse
+        raise ConfigError(f"--out {out!r} is not writable: {getattr(ex, 'strerror', None) or ex}") from ex
 
 
 _HINTS = typing.get_type_hints(RunConfig)

@@ -19,6 +19,7 @@ Nothing here lists settings or methods by hand; both come from their one declara
 from __future__ import annotations
 
 import dataclasses
+import io
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from sglr_ray.config import (
 from sglr_ray.methods import METHODS, Method
 from sglr_ray.methods.base import own_gradients
 from sglr_ray.methods.sglr import split_avg
+from sglr_ray.results.storage import Storage
 from sglr_ray.results.writer import EPOCHS_SCHEMA, RUNS_SCHEMA
 
 Source = str | Path | pd.DataFrame
@@ -137,12 +139,15 @@ def annotate(runs: pd.DataFrame) -> pd.DataFrame:
 # ---------------------------------------------------------------- loading
 
 
-def _read_dir(directory: Path, schema: pa.Schema | None = None) -> pd.DataFrame:
-    """Every `*.parquet` under `directory` (the writers' temporary files end in .tmp), with every
-    column of `schema`: files written before a column existed get it as missing values."""
+def _read_dir(out: str | Path, table: str, schema: pa.Schema | None = None) -> pd.DataFrame:
+    """Every `*.parquet` under `<out>/<table>` (a directory or a URI; the writers' temporary files
+    are hidden), with every column of `schema`: files written before a column existed get it as
+    missing values."""
     # File by file rather than pd.read_parquet(directory): a dataset read takes the schema of
     # one file, so a column added to newer runs would vanish or break older ones.
-    frames = [pd.read_parquet(p) for p in sorted(directory.glob("*.parquet"))]
+    store = Storage(str(out))
+    names = store.list(table, ".parquet")
+    frames = [pd.read_parquet(io.BytesIO(store.read_bytes(f"{table}/{name}"))) for name in names]
     frames = [f for f in frames if not f.empty]
     if not frames:
         return schema.empty_table().to_pandas() if schema is not None else pd.DataFrame()
@@ -156,7 +161,7 @@ def load_runs(out: str | Path) -> pd.DataFrame:
     before a setting existed gets the setting's default, which is how such a run ran (a new
     setting keeps the old behaviour as its default); rows from before `clients` was named so get
     it from their `num_clients`."""
-    runs = _read_dir(Path(out) / "runs", RUNS_SCHEMA)
+    runs = _read_dir(out, "runs", RUNS_SCHEMA)
     if "num_clients" in runs.columns:
         runs = runs.assign(clients=runs.clients.fillna(runs.num_clients)).drop(columns="num_clients")
     # A setting added later fills with the value older runs ran with (absent_means), else its default.
@@ -187,12 +192,12 @@ def _join_runs(table: pd.DataFrame, runs: pd.DataFrame, completed_only: bool) ->
 
 def load_epochs(out: str | Path, completed_only: bool = True) -> pd.DataFrame:
     """`<out>/epochs` joined with each run's settings (method, C, alpha, ...), keys and status."""
-    return _join_runs(_read_dir(Path(out) / "epochs", EPOCHS_SCHEMA), load_runs(out), completed_only)
+    return _join_runs(_read_dir(out, "epochs", EPOCHS_SCHEMA), load_runs(out), completed_only)
 
 
 def load_leakage(out: str | Path, completed_only: bool = True) -> pd.DataFrame:
     """`<out>/leakage` joined with each run's settings, keys and status; empty if there is none."""
-    leakage = _read_dir(Path(out) / "leakage")
+    leakage = _read_dir(out, "leakage")
     if leakage.empty:
         return leakage
     return _join_runs(leakage, load_runs(out), completed_only)

@@ -15,22 +15,24 @@ Two copies serve two failures:
   restarts it, the driver loads the snapshot into every actor and replays
   the epoch in progress; nothing passes through the driver.
 - The file `<out>/checkpoints/<run_id>.pt`, every `--checkpoint-every`
-  epochs, lets `sglr-ray run --resume` carry on after the driver itself died.
-  It is written to a temporary name and renamed, so a crash never leaves a
-  half-written checkpoint.
+  epochs, lets `sglr-ray run --resume` carry on after the driver itself died,
+  on this node or another when --out is shared storage (s3://...). It is
+  serialized in memory and written whole (results/storage.py: a temporary
+  name and a rename locally, one PUT on an object store), so a crash never
+  leaves a half-written checkpoint.
 """
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from sglr_ray.nodes.client import ClientShard
 from sglr_ray.nodes.server import Server
-from sglr_ray.results.atomic import atomic_path
+from sglr_ray.results.storage import Storage, StoredFile
 
 
 @dataclass
@@ -40,8 +42,9 @@ class Snapshot:
     server: Any  # Server.state()
 
 
-def checkpoint_path(out: str, run_id: str) -> Path:
-    return Path(out) / "checkpoints" / f"{run_id}.pt"
+def checkpoint_path(out: str, run_id: str) -> StoredFile:
+    """Where run `run_id`'s checkpoint lives under `out` (a directory or a URI)."""
+    return Storage(out).file(f"checkpoints/{run_id}.pt")
 
 
 def take_snapshot(ex: Any, epoch: int) -> Snapshot:
@@ -58,8 +61,8 @@ def restore(ex: Any, snapshot: Snapshot) -> None:
     ex.get([*calls, ex.call(ex.server, Server.load_state, snapshot.server)])
 
 
-def save(ex: Any, snapshot: Snapshot, path: Path) -> None:
-    """Write `snapshot` to `path` atomically, with client states keyed by client id,
+def save(ex: Any, snapshot: Snapshot, path: StoredFile) -> None:
+    """Write `snapshot` to `path` whole, with client states keyed by client id,
     so a resumed run may place clients on shards differently. The global model
     that every shard holds (FedAvg methods) is written once."""
     clients: dict[int, Any] = {}
@@ -72,13 +75,14 @@ def save(ex: Any, snapshot: Snapshot, path: Path) -> None:
         "clients": clients,
         "server": ex.get(snapshot.server),
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    path.write_bytes(buffer.getvalue())
 
 
-def load(path: Path, shard_client_ids: list[list[int]]) -> Snapshot:
+def load(path: StoredFile, shard_client_ids: list[list[int]]) -> Snapshot:
     """The checkpoint at `path`, split over shards holding `shard_client_ids`."""
-    payload = torch.load(path, weights_only=True)
+    payload = torch.load(io.BytesIO(path.read_bytes()), weights_only=True)
     if "model" not in payload:
         raise ValueError(
             f"checkpoint {str(path)!r} was written by an older sglr-ray (one model per client); "

@@ -312,7 +312,7 @@ def run_experiment(
     in progress, and the run's status says how it ended. A KeyboardInterrupt (a stop
     signal under interrupt.stop_on_signals, Ctrl-C, ray.cancel) records it as
     `interrupted` and comes out as RunInterrupted naming the run. With `resume`, the
-    run `config.run_id` carries on from its last checkpoint on disk.
+    run `config.run_id` carries on from its last checkpoint under `config.out`.
     """
     started = time.perf_counter()
     check_writable(config.out)
@@ -362,7 +362,7 @@ def run_experiment(
         stop.epochs_done = len(writer.epoch_rows) if writer.started else None
         raise stop from (None if stop is error else error)
     else:
-        saved_path.unlink(missing_ok=True)  # a completed run has nothing to resume
+        saved_path.delete()  # a completed run has nothing to resume
     finally:
         ex.close()
     return RunOutcome(run_id, writer.paths, results, final, time.perf_counter() - started, writer.run_row)

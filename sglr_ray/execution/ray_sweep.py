@@ -14,21 +14,23 @@ unused, and it is one more dependency.
   `ray job submit -- python -m sglr_ray sweep --grid G --backend ray` can be
   repeated until everything is done.
 - The status table is read from the runs tables themselves, so it shows the
-  progress of runs on any node when --out is shared storage.
+  progress of runs on any node when --out is shared storage (an NFS directory,
+  or a URI such as s3://bucket/path: results/storage.py).
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import pandas as pd
 import ray
 
 from sglr_ray.config import RunConfig
 from sglr_ray.execution.sweep import _run_one, pending
+from sglr_ray.results.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +74,14 @@ def run_sweep_on_ray(
 
 def sweep_status(configs: list[RunConfig]) -> pd.DataFrame:
     """Per run: status and epochs done, read from each run's runs table (missing: queued)."""
-    rows = []
+    rows, stores = [], {out: Storage(out) for out in {c.out for c in configs}}
     for config in configs:
-        path = Path(config.out) / "runs" / f"{config.run_id}.parquet"
+        store, rel = stores[config.out], f"runs/{config.run_id}.parquet"
         status, done = "queued", 0
-        if path.is_file():
+        if store.exists(rel):
             try:
-                row = pd.read_parquet(path, columns=["status", "epochs_done"]).iloc[0]
+                table = io.BytesIO(store.read_bytes(rel))
+                row = pd.read_parquet(table, columns=["status", "epochs_done"]).iloc[0]
                 status, done = row.status, int(row.epochs_done)
             except (OSError, ValueError):  # being replaced this instant: report it next time
                 status = "?"

@@ -14,6 +14,7 @@ method's combinations instead of making them invalid.
 
 from __future__ import annotations
 
+import io
 import itertools
 import logging
 import multiprocessing
@@ -21,7 +22,6 @@ import os
 import signal
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -29,6 +29,7 @@ import pandas as pd
 from sglr_ray.config import METHOD_SETTINGS, ConfigError, RunConfig, check_setting_names
 from sglr_ray.execution import interrupt
 from sglr_ray.methods import MethodNotFoundError, get_method
+from sglr_ray.results.storage import Storage
 from sglr_ray.results.writer import readable_name
 
 log = logging.getLogger(__name__)
@@ -73,14 +74,12 @@ def run_name(config: RunConfig) -> str:
 
 
 def completed_runs(out: str) -> set[str]:
-    """Run ids recorded as completed under `out`, file by file: a directory read would
-    take one file's schema, and runs written by other code versions differ in columns."""
-    runs_dir = Path(out) / "runs"
-    if not runs_dir.is_dir():
-        return set()
-    done = set()
-    for path in runs_dir.glob("*.parquet"):
-        row = pd.read_parquet(path, columns=["run_id", "status"])
+    """Run ids recorded as completed under `out` (a directory or a URI), file by file: a
+    directory read would take one file's schema, and runs written by other code versions
+    differ in columns."""
+    store, done = Storage(out), set()
+    for name in store.list("runs", ".parquet"):
+        row = pd.read_parquet(io.BytesIO(store.read_bytes(f"runs/{name}")), columns=["run_id", "status"])
         done |= set(row.loc[row.status == "completed", "run_id"])
     return done
 
@@ -92,7 +91,7 @@ def pending(configs: list[RunConfig]) -> list[RunConfig]:
 
 
 def _run_one(config: RunConfig) -> str:
-    """Run one grid point; a run stopped part way (its checkpoint is on disk) carries on from it."""
+    """Run one grid point; a run stopped part way (its checkpoint is under --out) carries on from it."""
     from sglr_ray.execution.checkpoint import checkpoint_path
     from sglr_ray.execution.driver import run_experiment
 

@@ -12,6 +12,7 @@ Plain torch, no Ray: the driver calls `measure_leakage` once per attacked client
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -247,16 +248,20 @@ def measure_leakage(
     return result, originals, reconstructions
 
 
-def save_grid(originals: Tensor, reconstructions: Tensor, path: str | Path, count: int = 8) -> None:
-    """Write a PNG: the first `count` originals in the top row, their reconstructions below.
-
-    Both inputs are [0, 1] images (n, 1, H, W). Written to a temporary name in
-    the same directory and renamed, so readers never see a half-written file.
-    """
+def grid_png(originals: Tensor, reconstructions: Tensor, count: int = 8) -> bytes:
+    """A PNG: the first `count` originals in the top row, their reconstructions below.
+    Both inputs are [0, 1] images (n, 1, H, W)."""
     from torchvision.utils import save_image  # torchvision is only needed here
 
-    path = Path(path)
     count = min(count, len(originals), len(reconstructions))
     grid = torch.cat([originals[:count], reconstructions[:count]]).detach().cpu()
-    with atomic_path(path) as tmp:
-        save_image(grid, tmp, nrow=count, format="png")
+    buffer = io.BytesIO()
+    save_image(grid, buffer, nrow=count, format="png")
+    return buffer.getvalue()
+
+
+def save_grid(originals: Tensor, reconstructions: Tensor, path: str | Path, count: int = 8) -> None:
+    """Write `grid_png` to `path`, through a temporary name in the same directory and a
+    rename, so readers never see a half-written file."""
+    with atomic_path(Path(path)) as tmp:
+        tmp.write_bytes(grid_png(originals, reconstructions, count))

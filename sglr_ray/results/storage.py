@@ -9,6 +9,11 @@ on the usual AWS environment variables.
 Every file is whole or absent for a reader: locally a write goes to a hidden
 temporary name and is renamed; on an object store one PUT replaces an object
 whole. Readers skip names starting with a dot.
+
+A run is addressed as `<out>/<run_id>` (`sglr-ray run --resume`): for a URI the
+run id is the last segment of the path, before the query, so
+`s3://bucket/x/RUN_ID?endpoint_override=...` is run RUN_ID under
+`s3://bucket/x?endpoint_override=...` (`split_run`, `join_run`).
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import io
 import os
 import posixpath
 import secrets
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -26,6 +33,30 @@ import pyarrow.parquet as pq
 
 def is_uri(out: str) -> bool:
     return "://" in out
+
+
+def split_run(address: str) -> tuple[str, str]:
+    """`<out>/<run_id>` as (out, run_id); a URI keeps its query on `out`:
+    `s3://b/x/RUN?endpoint_override=h:9000` -> (`s3://b/x?endpoint_override=h:9000`, `RUN`).
+    ValueError when no run id follows an output location."""
+    if not is_uri(address):
+        path = Path(address)
+        if not path.name:
+            raise ValueError(f"{address!r} names no run: give OUT/RUN_ID")
+        return str(path.parent), path.name
+    base, mark, query = address.partition("?")
+    head, _, run_id = base.rstrip("/").rpartition("/")
+    if not run_id or head.endswith(":/"):  # s3://bucket alone: a bucket, no run under it
+        raise ValueError(f"{address!r} names no run: give OUT/RUN_ID (s3://bucket/path/RUN_ID?query)")
+    return head + mark + query, run_id
+
+
+def join_run(out: str, run_id: str) -> str:
+    """The address `split_run` takes apart: `<out>/<run_id>`, a URI's query kept at the end."""
+    if not is_uri(out):
+        return str(Path(out) / run_id)
+    base, mark, query = out.partition("?")
+    return f"{base.rstrip('/')}/{run_id}{mark}{query}"
 
 
 class Storage:
@@ -38,6 +69,9 @@ class Storage:
             self.local = False
         else:
             self.fs, self.root, self.local = pafs.LocalFileSystem(), os.path.abspath(out), True
+
+    def file(self, rel: str) -> StoredFile:
+        return StoredFile(self, rel)
 
     def path(self, rel: str) -> str:
         return posixpath.join(self.root, rel)
@@ -99,3 +133,26 @@ class Storage:
         probe = f".write-probe-{os.getpid()}-{secrets.token_hex(2)}"
         self.write_bytes(probe, b"ok")
         self.fs.delete_file(self.path(probe))
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """One file under a Storage root, used where a local Path was: exists, read, write, delete."""
+
+    storage: Storage
+    rel: str
+
+    def exists(self) -> bool:
+        return self.storage.exists(self.rel)
+
+    def read_bytes(self) -> bytes:
+        return self.storage.read_bytes(self.rel)
+
+    def write_bytes(self, data: bytes) -> None:
+        self.storage.write_bytes(self.rel, data)
+
+    def delete(self) -> None:
+        self.storage.delete(self.rel)
+
+    def __str__(self) -> str:
+        return self.storage.display(self.rel)

@@ -1,14 +1,14 @@
 """The one writer of results: three Parquet tables per run, rewritten atomically.
 
-Layout under the output directory:
+Layout under --out (a directory, or a URI such as s3://bucket/path: see storage.py):
   runs/<run_id>.parquet     one row: the configuration, status and final figures
   epochs/<run_id>.parquet   one row per epoch: loss, accuracy, bytes, wall time
   clients/<run_id>.parquet  one row per client per epoch
 
 `pd.read_parquet("<out>/epochs")` loads every run at once. Each file is
-written to a hidden temporary name and renamed into place, so a reader (or a
-crash) never sees half a table; pyarrow skips the dot-files when it reads a
-directory.
+whole or absent for a reader (or after a crash): locally it is written to a
+hidden temporary name and renamed into place, and pyarrow skips the dot-files
+when it reads a directory; on an object store one PUT replaces it whole.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from sglr_ray.config import ConfigError, RunConfig, config_fields, setting_type
 from sglr_ray.measure import energy
 from sglr_ray.measure.comm import comm_time_s
 from sglr_ray.results.atomic import atomic_path
+from sglr_ray.results.storage import Storage, join_run
 from sglr_ray.version import code_version
 
 if TYPE_CHECKING:
@@ -89,10 +90,10 @@ def make_run_id(config: RunConfig) -> str:
 
 def check_run_identity(config: RunConfig, run_id: str) -> None:
     """Refuse to reuse `run_id` in --out for a run whose settings differ from the recorded one's."""
-    path = Path(config.out) / "runs" / f"{run_id}.parquet"
-    if not path.is_file():
+    store, rel = Storage(config.out), f"runs/{run_id}.parquet"
+    if not store.exists(rel):
         return
-    row = pq.read_table(path).to_pylist()[0]
+    row = store.read_table(rel).to_pylist()[0]
     recorded_key = row.get("run_key")  # absent in tables written before run keys existed
     if recorded_key == config.run_key:
         return
@@ -120,12 +121,12 @@ def write_table_atomic(rows: list[dict[str, Any]], schema: pa.Schema | None, pat
 
 def read_run_settings(out: str, run_id: str) -> dict[str, Any]:
     """The settings a recorded run was started with (for --resume), checked to be resumable."""
-    path = Path(out) / "runs" / f"{run_id}.parquet"
-    if not path.is_file():
-        raise ConfigError(f"--resume {str(Path(out) / run_id)!r}: no run recorded at {str(path)!r}")
-    (row,) = pq.read_table(path, columns=["status", "config_json"]).to_pylist()
+    store, rel, address = Storage(out), f"runs/{run_id}.parquet", join_run(out, run_id)
+    if not store.exists(rel):
+        raise ConfigError(f"--resume {address!r}: no run recorded at {store.display(rel)!r}")
+    (row,) = store.read_table(rel, columns=["status", "config_json"]).to_pylist()
     if row["status"] == "completed":
-        raise ConfigError(f"--resume {str(Path(out) / run_id)!r}: the run has already completed")
+        raise ConfigError(f"--resume {address!r}: the run has already completed")
     return json.loads(row["config_json"])
 
 
@@ -133,9 +134,9 @@ class ResultsWriter:
     def __init__(self, out: str, run_id: str, config: RunConfig, data: Any, energy_source: str) -> None:
         self.run_id = run_id
         self.config = config
-        self.paths = {name: str(Path(out) / name / f"{run_id}.parquet") for name in TABLES}
-        for path in self.paths.values():
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.store = Storage(out)
+        self.files = {name: f"{name}/{run_id}.parquet" for name in TABLES}  # relative to --out
+        self.paths = {name: self.store.display(rel) for name, rel in self.files.items()}
         self.run_row: dict[str, Any] = {
             **config.to_dict(), "run_id": run_id, "run_key": config.run_key, "cell_key": config.cell_key,
             "val_set_digest": data.val_digest, "test_set_digest": data.test_digest,
@@ -151,7 +152,7 @@ class ResultsWriter:
     def resume(self, first_epoch: int) -> None:
         """Carry on a run's tables: keep the recorded epochs before `first_epoch` (the
         checkpoint's) and drop later ones, which the resumed run records again."""
-        tables = {name: pq.read_table(path).to_pylist() for name, path in self.paths.items()}
+        tables = {name: self.store.read_table(rel).to_pylist() for name, rel in self.files.items()}
         (previous,) = tables["runs"]
         self.run_row.update(
             started_at=previous["started_at"], code_version=previous["code_version"],
@@ -217,21 +218,18 @@ class ResultsWriter:
     def record_leakage(self, result: Any, originals: Any, reconstructions: Any) -> None:
         """`<out>/leakage/<run_id>.parquet`, and `<out>/leakage_images/<run_id>.png` of originals
         (top row) over reconstructions; the PNG lives apart so pandas can read leakage/ whole."""
-        from sglr_ray.measure.leakage import save_grid
+        from sglr_ray.measure.leakage import grid_png
 
-        config, out = self.config, Path(self.paths["runs"]).parent.parent
-        directory, images = out / "leakage", out / "leakage_images"
-        directory.mkdir(exist_ok=True)
-        images.mkdir(exist_ok=True)
+        config, table = self.config, f"leakage/{self.run_id}.parquet"
         row = {
             "run_id": self.run_id, "method": config.method, "model": config.model,
             "num_clients": config.clients, "alpha": config.alpha, "phi": config.phi,
             "epochs": len(self.epoch_rows), "aux_samples": config.leakage_aux_samples,
             "decoder_epochs": config.leakage_epochs, **result.as_row(),
         }  # fmt: skip
-        write_table_atomic([row], LEAKAGE_SCHEMA, directory / f"{self.run_id}.parquet")
-        save_grid(originals, reconstructions, images / f"{self.run_id}.png")
-        self.paths["leakage"] = str(directory / f"{self.run_id}.parquet")
+        self.store.write_table([row], LEAKAGE_SCHEMA, table)
+        self.store.write_bytes(f"leakage_images/{self.run_id}.png", grid_png(originals, reconstructions))
+        self.paths["leakage"] = self.store.display(table)
 
     def finish(self, status: str, final_test_acc: float | None, wall_s: float) -> None:
         self.run_row.update(status=status, final_test_acc=final_test_acc, wall_s=wall_s)
@@ -239,6 +237,6 @@ class ResultsWriter:
 
     def _flush(self) -> None:
         # The epoch tables first: a runs row never claims epochs that are not on disk.
-        write_table_atomic(self.epoch_rows, EPOCHS_SCHEMA, Path(self.paths["epochs"]))
-        write_table_atomic(self.client_rows, CLIENTS_SCHEMA, Path(self.paths["clients"]))
-        write_table_atomic([self.run_row], RUNS_SCHEMA, Path(self.paths["runs"]))
+        self.store.write_table(self.epoch_rows, EPOCHS_SCHEMA, self.files["epochs"])
+        self.store.write_table(self.client_rows, CLIENTS_SCHEMA, self.files["clients"])
+        self.store.write_table([self.run_row], RUNS_SCHEMA, self.files["runs"])

@@ -101,9 +101,8 @@ def test_an_fl_shard_holds_one_model_however_many_clients(tiny_config, setting):
 def test_a_fedavg_checkpoint_holds_the_global_model_once(tiny_config, tmp_path, method, setting, optimizers):
     config = tiny_config(method=method, clients=3, clients_per_actor=2, client_optimizer_state=setting)
     ex, _ = run_rounds(config)
-    path = tmp_path / "run.pt"
-    checkpoint.save(ex, checkpoint.take_snapshot(ex, 0), path)
-    payload = torch.load(path, weights_only=True)
+    checkpoint.save(ex, checkpoint.take_snapshot(ex, 0), checkpoint.checkpoint_path(str(tmp_path), "run"))
+    payload = torch.load(tmp_path / "checkpoints" / "run.pt", weights_only=True)
     assert payload["model"].keys() == ex.shards[0].model_state(0).keys()
     assert {c: sorted(saved) for c, saved in payload["clients"].items()} == {
         c: ["optimizer"] if optimizers else [] for c in range(3)
@@ -130,12 +129,13 @@ def test_resuming_from_a_file_in_a_new_executor_replays_the_round_exactly(
     )
     ex = LocalExecutor(config, prepare_data(config))
     run_epoch(ex, config, 0, None, NoMeter())
-    checkpoint.save(ex, checkpoint.take_snapshot(ex, 0), tmp_path / "run.pt")
+    saved = checkpoint.checkpoint_path(str(tmp_path), "run")
+    checkpoint.save(ex, checkpoint.take_snapshot(ex, 0), saved)
     whole = run_epoch(ex, config, 1, None, NoMeter())
 
     moved = config.replace(clients_per_actor=1)  # clients placed on shards differently
     fresh = LocalExecutor(moved, prepare_data(moved))
-    checkpoint.restore(fresh, checkpoint.load(tmp_path / "run.pt", fresh.shard_client_ids))
+    checkpoint.restore(fresh, checkpoint.load(saved, fresh.shard_client_ids))
     resumed = run_epoch(fresh, moved, 1, None, NoMeter())
     assert resumed.train_loss == whole.train_loss and resumed.val == whole.val
 
