@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 RUN_ARGS ?= --method sglr --model alexnet --clients 5 --alpha 0.5 --phi 0.5 --epochs 2 \
 	--val-samples 2000 --executor ray --out out/quickstart
 
-.PHONY: setup data run test test-fast lint clean
+.PHONY: setup data run test test-fast lint clean flower-venv
 
 setup: $(BIN)/.installed data
 
@@ -43,6 +43,17 @@ test-fast: setup
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# Flower's simulation for benchmarks/flower_peer.py, in a venv of its own: flwr pins its own
+# Ray (ray==2.55.1 for flwr 1.42.0), which cannot sit beside sglr-ray's Ray 2.60.
+FLOWER_VENV ?= benchmarks/.flower-venv
+flower-venv: $(FLOWER_VENV)/.installed
+
+$(FLOWER_VENV)/.installed:
+	$(PYTHON) -m venv $(FLOWER_VENV)
+	$(FLOWER_VENV)/bin/pip install --quiet --upgrade pip
+	$(FLOWER_VENV)/bin/pip install --quiet "flwr[simulation]==1.42.0" torch numpy psutil
+	touch $@
 
 clean:
 	rm -rf out .pytest_cache .ruff_cache

@@ -47,12 +47,21 @@ class PeakMemory:
         self._thread.join()
 
 
-def write_results(rows: list[dict], name: str, title: str, command: str) -> pd.DataFrame:
-    """Write results/benchmarks/<name>.parquet and <name>.md; return the table."""
+def write_results(
+    rows: list[dict], name: str, title: str, command: str, formats: dict[str, str] | None = None
+) -> pd.DataFrame:
+    """Write results/benchmarks/<name>.parquet and <name>.md; return the table.
+
+    Floats get 2 decimals in the markdown, except the columns in `formats` (column ->
+    format spec, e.g. {"train_loss": ".5f"}); the Parquet file keeps every digit.
+    """
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     table = pd.DataFrame(rows)
     write_table_atomic(rows, None, OUT_DIR / f"{name}.parquet")
-    text = f"# {title}\n\nCommand:\n\n```\n{command}\n```\n\n{markdown_table(table, decimals=2)}\n"
+    shown = table.copy()
+    for column, spec in (formats or {}).items():
+        shown[column] = shown[column].map(lambda v, spec=spec: "" if pd.isna(v) else format(v, spec))
+    text = f"# {title}\n\nCommand:\n\n```\n{command}\n```\n\n{markdown_table(shown, decimals=2)}\n"
     (OUT_DIR / f"{name}.md").write_text(text)
     print(text)
     return table

@@ -26,7 +26,6 @@ from sglr_ray.methods.phase import Phase, PhaseError
 from sglr_ray.methods.sglr import split_lr
 from sglr_ray.nodes.models import SPLIT_MODELS
 from sglr_ray.nodes.optim import LrSchedule
-from sglr_ray.results.storage import Storage
 from sglr_ray.settings import ConfigError, checked_value, flag, setting
 
 DEFAULT_ALPHA = 0.5  # the paper's Table 4 SGLR setting
@@ -354,6 +353,9 @@ def check_setting_names(settings: dict[str, Any], where: str) -> dict[str, Any]:
 def check_writable(out: str) -> None:
     """Fail early, naming the location, if results cannot be written under `out`
     (a directory, or a URI such as s3://bucket/path: see results/storage.py)."""
+    # Imported here: every actor imports this module, and pyarrow costs each one 30-60 MB.
+    from sglr_ray.results.storage import Storage
+
     try:
         Storage(out).check_writable()
     except (OSError, ValueError) as ex:  # ValueError: pyarrow's ArrowInvalid, a URI it cannot parse

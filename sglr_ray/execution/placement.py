@@ -60,14 +60,17 @@ class Placement:
     server_gpus: float = 0.0
     shard_gpus: tuple[float, ...] = ()  # each shard's GPU request, in shard order
     shortfall: str | None = None  # what the nodes lack for this request, with the numbers; None: it fits
+    server_actor: bool = True  # False: the server lives in the driver (CL, FL: see plan_placement)
 
     def actor_requests(self) -> list[ActorRequest]:
-        """The server first, then one request per shard."""
-        server = ActorRequest("server", self.cpus_per_actor, self.server_gpus)
-        return [server] + [
+        """The server first (when it has an actor), then one request per shard."""
+        shards = [
             ActorRequest(shard_name(ids), self.cpus_per_actor, gpus)
             for ids, gpus in zip(self.shard_client_ids, self.shard_gpus, strict=True)
         ]
+        if not self.server_actor:
+            return shards
+        return [ActorRequest("server", self.cpus_per_actor, self.server_gpus), *shards]
 
 
 @dataclass(frozen=True)
@@ -260,6 +263,7 @@ def plan_placement(
     memory_bytes: float,
     gpus_per_client: float = 0.0,
     server_gpus: float = 0.0,
+    server_actor: bool = True,
 ) -> Placement:
     """Fit the clients to `nodes` (with `memory_bytes` of memory in all).
 
@@ -269,16 +273,28 @@ def plan_placement(
     shard's GPU request one Ray accepts. Requests Ray would refuse outright
     raise PlacementError; requests the nodes cannot hold come back with
     `shortfall` set (an autoscaler may still add what is missing).
+
+    `server_actor` False (the whole-model methods, CL and FL, whose server only
+    sums FedAvg uploads and counts bytes, in the driver) leaves every CPU to the
+    shards: by default one single-thread shard per CPU, which trains faster than
+    fewer shards with more torch threads each at small batches.
     """
+    if not server_actor and server_gpus > 0:
+        raise PlacementError(
+            f"--server-gpus {server_gpus:g}: this method trains whole models on the clients and has no "
+            "server actor (its FedAvg runs in the driver); set --server-gpus 0"
+        )
     cpus = sum(s.cpus * s.count for s in nodes)
-    per_shard = clients_per_actor or default_clients_per_shard(num_clients, cpus, memory_bytes)
+    per_shard = clients_per_actor or default_clients_per_shard(
+        num_clients, cpus, memory_bytes, server_actors=int(server_actor)
+    )
     if clients_per_actor == 0:
         while per_shard > 1 and not valid_gpu_request(gpu_quantity(gpus_per_client, per_shard)):
             per_shard -= 1
     shards = shard_clients(num_clients, per_shard)
     shard_gpus = tuple(gpu_quantity(gpus_per_client, len(ids)) for ids in shards)
     check_gpu_requests(gpus_per_client, server_gpus, per_shard, shard_gpus)
-    cpus_per_actor = fit_cpu_request(nodes, [server_gpus, *shard_gpus])
+    cpus_per_actor = fit_cpu_request(nodes, [server_gpus, *shard_gpus] if server_actor else list(shard_gpus))
     placement = Placement(
         clients_per_shard=per_shard,
         shard_client_ids=shards,
@@ -290,6 +306,7 @@ def plan_placement(
         torch_threads=torch_threads or max(1, min(int(cpus) // len(shards), int(max_node_cpus(nodes)))),
         server_gpus=server_gpus,
         shard_gpus=shard_gpus,
+        server_actor=server_actor,
     )
     if cpus_per_actor is None:
         return replace(placement, shortfall=describe_shortfall(placement, nodes, gpus_per_client))
@@ -309,7 +326,8 @@ def plan_for_cluster(config: RunConfig, num_clients: int, cluster: ClusterView) 
     """
     want = {"num_clients": num_clients, "clients_per_actor": config.clients_per_actor,
             "torch_threads": config.torch_threads, "memory_bytes": cluster.memory_bytes,
-            "gpus_per_client": config.gpus_per_client, "server_gpus": config.server_gpus}  # fmt: skip
+            "gpus_per_client": config.gpus_per_client, "server_gpus": config.server_gpus,
+            "server_actor": needs_server_actor(config)}  # fmt: skip
     placement = plan_placement(nodes=cluster.nodes, **want)
     if placement.shortfall is None:
         return placement
@@ -328,8 +346,19 @@ def plan_for_cluster(config: RunConfig, num_clients: int, cluster: ClusterView) 
     return placement
 
 
-def default_clients_per_shard(num_clients: int, cpus: float, memory_bytes: float) -> int:
-    max_shards = max(1, min(int(cpus) - 1, int(memory_bytes // WORKER_MEMORY_BYTES) - 1))
+def needs_server_actor(config: RunConfig) -> bool:
+    """Whether the server gets an actor: only where it computes (the split methods' top
+    model). The whole-model methods' server sums FedAvg uploads and counts bytes."""
+    return not config.spec.full_model
+
+
+def default_clients_per_shard(
+    num_clients: int, cpus: float, memory_bytes: float, server_actors: int = 1
+) -> int:
+    """Clients per shard for as many shards as leave a CPU and a worker's memory to each
+    of the `server_actors` (1, or 0 where the server lives in the driver)."""
+    workers = int(memory_bytes // WORKER_MEMORY_BYTES)
+    max_shards = max(1, min(int(cpus) - server_actors, workers - server_actors))
     return math.ceil(num_clients / min(num_clients, max_shards))
 
 
@@ -384,7 +413,9 @@ def describe_shortfall(placement: Placement, nodes: list[NodeShape], gpus_per_cl
     if placement.server_gpus > node_gpus + EPS:
         return f"--server-gpus {placement.server_gpus:g} must fit on one node; the largest has {node_gpus:g}"
     actors = placement.actor_requests()
-    who = f"the {len(actors)} actors (server and {len(actors) - 1} client shards)"
+    shards = len(placement.shard_client_ids)
+    server = "server and " if placement.server_actor else ""
+    who = f"the {len(actors)} actors ({server}{shards} client shards)"
     cpus = sum(s.cpus * s.count for s in nodes)
     if cpus <= 0:
         return f"the cluster has no CPUs for {who} (a head started with --num-cpus 0 and no workers yet?)"

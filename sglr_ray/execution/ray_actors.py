@@ -6,6 +6,11 @@ itself (ClientShard.forward_batch), so there are no forwarders to keep in
 step and no method names in strings. Calls return object references; the driver passes those references
 on, so smashed data and gradients go from client actors to the server actor
 and back through Ray's object store, never through the driver.
+
+The whole-model methods (CL, FL) have no server actor: their server only sums
+the shards' FedAvg uploads (one per shard, not per client) and counts bytes, so
+the driver holds it, and the CPU and worker memory an idle actor would take go
+to one more shard (placement.needs_server_actor).
 """
 
 from __future__ import annotations
@@ -174,6 +179,7 @@ class RayExecutor:
         partitions = client_partitions(config, data)
         cluster = read_cluster()
         placement = plan_for_cluster(config, len(partitions), cluster)  # refuses what cannot fit
+        self.server_in_driver = not placement.server_actor
         self.clients_per_shard = placement.clients_per_shard
         self.shard_client_ids = placement.shard_client_ids
         self.partition_nbytes = [p.nbytes for p in data.partitions]
@@ -186,12 +192,15 @@ class RayExecutor:
         }  # fmt: skip
         if user_method := method_file(config.method):
             common["runtime_env"] = ship_module(user_method)
-        self.server = (
-            ray.remote(ServerActor)
-            .options(name=f"{run_id}/server", num_gpus=placement.server_gpus, **common)
-            .remote(placement.torch_threads, config.device, config)
-        )
-        self.actors = [self.server]  # from here on, close() has something to stop
+        if self.server_in_driver:  # on the CPU: it only averages weights
+            self.server = Server(config, "cpu")
+        else:
+            self.server = (
+                ray.remote(ServerActor)
+                .options(name=f"{run_id}/server", num_gpus=placement.server_gpus, **common)
+                .remote(placement.torch_threads, config.device, config)
+            )
+            self.actors = [self.server]  # from here on, close() has something to stop
         val, test = ray.put(data.val), ray.put(data.test)  # stored once, shared by every shard
         self._pinned = [val, test]  # kept alive: a restarted actor is rebuilt from them
         self.shards = []
@@ -224,15 +233,25 @@ class RayExecutor:
         if idle_gpus and config.device == "auto":
             log.warning("%s were given GPUs but run on cpu: torch sees no CUDA device there", idle_gpus)
         log.info(
-            "%d client shards of up to %d clients; %.2f CPU and %d torch threads per actor; devices %s",
+            "%d client shards of up to %d clients; %.2f CPU and %d torch threads per actor; devices %s%s",
             len(self.shards), self.clients_per_shard, placement.cpus_per_actor, placement.torch_threads,
             {name: f"{r.device} (GPUs {r.gpu_ids})" for name, r in reports.items()},
+            "; the server in the driver" if self.server_in_driver else "",
         )  # fmt: skip
         return reports
 
     def call(self, target: Any, method: Callable[..., Any], *args: Any, num_returns: int = 1) -> Any:
         """`method` of the object `target` hosts, run in its actor; returns object references."""
+        if target is self.server and self.server_in_driver:
+            return self._call_in_driver(method, args, num_returns)
         return target.call.options(num_returns=num_returns).remote(method, *args)
+
+    def _call_in_driver(self, method: Callable[..., Any], args: tuple, num_returns: int) -> Any:
+        """A call on the server held in the driver, with an actor call's contract: references
+        in (awaited as `get` does), references out, so the driver loop cannot tell."""
+        values = [self.get(a) if isinstance(a, ray.ObjectRef) else a for a in args]
+        result = getattr(self.server, method.__name__)(*values)
+        return ray.put(result) if num_returns == 1 else [ray.put(r) for r in result]
 
     def get(self, value: Any) -> Any:
         """ray.get in slices of GET_SLICE_S, so a stop signal is acted on within about that.
@@ -258,7 +277,7 @@ class RayExecutor:
 
     def _actor_names(self) -> dict[str, str]:
         """Actor id (hex) -> the actor's name without the run id, for describe_memory_kill."""
-        names = {self.server._actor_id.hex(): "server"}
+        names = {} if self.server_in_driver else {self.server._actor_id.hex(): "server"}
         for shard, ids in zip(self.shards, self.shard_client_ids, strict=True):
             names[shard._actor_id.hex()] = shard_name(ids)
         return names

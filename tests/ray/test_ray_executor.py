@@ -93,3 +93,45 @@ def test_a_killed_actor_is_restarted_and_its_epoch_replayed(ray_session, tiny_co
         assert b.train_loss == pytest.approx(a.train_loss, abs=1e-6)
         assert b.val == a.val and b.test == a.test
         assert (b.comm.bytes_up, b.comm.server_sent) == (a.comm.bytes_up, a.comm.server_sent)
+
+
+@pytest.mark.parametrize("method, shards", [("fl", ["clients-0-1", "clients-2-3"]), ("cl", ["clients-0-0"])])
+def test_whole_model_methods_run_without_a_server_actor(
+    ray_session, tiny_config, tmp_out, monkeypatch, method, shards
+):
+    # Default placement on the session's 2 CPUs: FL gets one shard per CPU, no server actor;
+    # the server (FedAvg, byte ledger) is held by the driver and gives the in-process numbers.
+    names = []
+    real_init = ray_executor.RayExecutor.__init__
+
+    def init_and_list(self, *args):
+        real_init(self, *args)
+        names.extend(ray.util.list_named_actors())
+
+    monkeypatch.setattr(ray_executor.RayExecutor, "__init__", init_and_list)
+    local, remote = run_both(tiny_config(method=method, clients=4, epochs=2, test_each_epoch=True), tmp_out)
+    assert sorted(names) == [f"ray/{shard}" for shard in shards]
+    for a, b in zip(local.epochs, remote.epochs, strict=True):
+        assert b.train_loss == pytest.approx(a.train_loss, abs=1e-6)
+        assert b.val == a.val and b.test == a.test
+        assert (b.comm.bytes_up, b.comm.bytes_down) == (a.comm.bytes_up, a.comm.bytes_down)
+
+
+def test_fl_replays_an_epoch_through_the_server_in_the_driver(ray_session, tiny_config, tmp_out):
+    config = tiny_config(method="fl", clients=4, epochs=3, test_each_epoch=True)
+    local = run_experiment(config.replace(executor="local", out=tmp_out, run_id="local"))
+    killed = []
+
+    def kill_after_training_epoch_1(epoch, steps, loss):  # before FedAvg: the upload fails
+        if epoch == 1 and not killed:
+            ray.kill(ray.get_actor("killed/clients-0-1"), no_restart=False)
+            killed.append(epoch)
+
+    remote = run_experiment(
+        config.replace(executor="ray", out=tmp_out, run_id="killed"), progress=kill_after_training_epoch_1
+    )
+    assert killed
+    assert list(pd.read_parquet(f"{tmp_out}/epochs/killed.parquet").restarts) == [0, 1, 0]
+    for a, b in zip(local.epochs, remote.epochs, strict=True):
+        assert b.train_loss == pytest.approx(a.train_loss, abs=1e-6)
+        assert b.val == a.val and b.test == a.test

@@ -208,3 +208,34 @@ def test_an_autoscaler_that_does_not_say_what_it_adds_gets_the_timeout(tiny_conf
     config = tiny_config(clients=4, clients_per_actor=1, gpus_per_client=0.5)
     placement = plan_for_cluster(config, 4, cluster([NodeShape(0, 0)], autoscaler=True))
     assert placement.shortfall is not None and placement.cpus_per_actor == 1.0
+
+
+@pytest.mark.parametrize("method, clients, shards, actors, threads", [
+    ("fl", 100, 2, ["clients-0-49", "clients-50-99"], 1),  # no server actor: one shard per CPU
+    ("fl", 1000, 2, ["clients-0-499", "clients-500-999"], 1),
+    ("cl", 1, 1, ["clients-0-0"], 2),  # one data centre "client": one shard, both cores
+    ("sglr", 100, 1, ["server", "clients-0-99"], 2),  # the split methods' server computes
+])  # fmt: skip
+def test_whole_model_methods_give_the_server_s_cpu_to_the_shards(
+    tiny_config, method, clients, shards, actors, threads
+):
+    config = tiny_config(method=method, clients=clients, torch_threads=0)
+    placement = plan_for_cluster(config, clients, cluster([NodeShape(2)]))
+    assert placement.server_actor is (method == "sglr")
+    assert len(placement.shard_client_ids) == shards and placement.torch_threads == threads
+    assert [a.name for a in placement.actor_requests()] == actors
+    assert placement.cpus_per_actor == 1.0 and placement.shortfall is None
+
+
+def test_default_packing_without_a_server_actor_counts_every_cpu_and_worker():
+    placement = plan_placement(100, 0, 0, nodes=cpu_nodes([8]), memory_bytes=24 * GIB, server_actor=False)
+    assert len(placement.shard_client_ids) == 8 and placement.cpus_per_actor == 1.0
+    memory_bound = plan_placement(100, 0, 0, nodes=cpu_nodes([64]), memory_bytes=3 * WORKER_MEMORY_BYTES,
+                                  server_actor=False)  # fmt: skip
+    assert len(memory_bound.shard_client_ids) == 3
+
+
+def test_server_gpus_for_a_method_without_a_server_actor_is_refused(tiny_config):
+    config = tiny_config(method="fl", clients=4, server_gpus=1.0)
+    with pytest.raises(PlacementError, match=r"--server-gpus 1: .* no server actor .*set --server-gpus 0"):
+        plan_for_cluster(config, 4, cluster([NodeShape(2, 1)]))
