@@ -57,7 +57,9 @@ def test_driver_never_fetches_activations_or_gradients(ray_session, tiny_config,
     assert not [type(v).__name__ for v in fetched if isinstance(v, bulky)]
 
 
-def test_actors_are_named_and_gone_after_the_run(ray_session, tiny_config, tmp_out, monkeypatch):
+@pytest.fixture
+def actor_names(monkeypatch) -> list[str]:
+    """Filled with the named actors alive right after the Ray executor has started them."""
     names = []
     real_init = ray_executor.RayExecutor.__init__
 
@@ -66,6 +68,11 @@ def test_actors_are_named_and_gone_after_the_run(ray_session, tiny_config, tmp_o
         names.extend(ray.util.list_named_actors())
 
     monkeypatch.setattr(ray_executor.RayExecutor, "__init__", init_and_list)
+    return names
+
+
+def test_actors_are_named_and_gone_after_the_run(ray_session, tiny_config, tmp_out, actor_names):
+    names = actor_names
     run_experiment(tiny_config(executor="ray", clients=4, clients_per_actor=3, out=tmp_out, run_id="named"))
     assert sorted(names) == ["named/clients-0-2", "named/clients-3-3", "named/server"]
     assert not ray.util.list_named_actors()
@@ -97,18 +104,11 @@ def test_a_killed_actor_is_restarted_and_its_epoch_replayed(ray_session, tiny_co
 
 @pytest.mark.parametrize("method, shards", [("fl", ["clients-0-1", "clients-2-3"]), ("cl", ["clients-0-0"])])
 def test_whole_model_methods_run_without_a_server_actor(
-    ray_session, tiny_config, tmp_out, monkeypatch, method, shards
+    ray_session, tiny_config, tmp_out, actor_names, method, shards
 ):
     # Default placement on the session's 2 CPUs: FL gets one shard per CPU, no server actor;
     # the server (FedAvg, byte ledger) is held by the driver and gives the in-process numbers.
-    names = []
-    real_init = ray_executor.RayExecutor.__init__
-
-    def init_and_list(self, *args):
-        real_init(self, *args)
-        names.extend(ray.util.list_named_actors())
-
-    monkeypatch.setattr(ray_executor.RayExecutor, "__init__", init_and_list)
+    names = actor_names
     local, remote = run_both(tiny_config(method=method, clients=4, epochs=2, test_each_epoch=True), tmp_out)
     assert sorted(names) == [f"ray/{shard}" for shard in shards]
     for a, b in zip(local.epochs, remote.epochs, strict=True):

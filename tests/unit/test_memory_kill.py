@@ -88,7 +88,7 @@ def test_other_failures_are_no_memory_kill(ex):
 def executor_raising(monkeypatch, error: Exception) -> RayExecutor:
     """A RayExecutor with fake actor handles whose every ray.get fails with `error`."""
     ex = RayExecutor.__new__(RayExecutor)  # no Ray: get() is what is tested
-    ex.server = SimpleNamespace(_actor_id=SERVER_ID)
+    ex.server, ex.server_in_driver = SimpleNamespace(_actor_id=SERVER_ID), False
     ex.shards = [SimpleNamespace(_actor_id=SHARD_ID), SimpleNamespace(_actor_id=ray.ActorID.from_random())]
     ex.shard_client_ids = [[0, 1, 2, 3, 4], [5, 6]]
 
