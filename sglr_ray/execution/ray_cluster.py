@@ -26,7 +26,8 @@ from typing import Any
 import ray
 
 from sglr_ray.errors import ExecutorError, PlacementError
-from sglr_ray.execution.placement import UNLIMITED_NODES, ActorRequest, ClusterView, NodeShape
+from sglr_ray.execution.packing import ActorRequest, NodeShape
+from sglr_ray.execution.placement import UNLIMITED_NODES, ClusterView
 
 log = logging.getLogger(__name__)
 

@@ -5,15 +5,12 @@ from __future__ import annotations
 import pytest
 
 from sglr_ray.errors import PlacementError
+from sglr_ray.execution.packing import ActorRequest, NodeShape, fit_cpu_request, pack_actors
 from sglr_ray.execution.placement import (
     WORKER_MEMORY_BYTES,
-    ActorRequest,
     ClusterView,
-    NodeShape,
     choose_device,
-    fit_cpu_request,
     memory_shortfall,
-    pack_actors,
     plan_for_cluster,
     plan_placement,
     shard_clients,
