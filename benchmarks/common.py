@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -25,26 +26,28 @@ def ray_processes_rss_bytes() -> int:
     return total
 
 
-class PeakMemory:
-    """Samples `ray_processes_rss_bytes` every `interval_s` in a thread; `.peak_bytes` is the maximum."""
+class PeakBytes:
+    """Samples `read_bytes()` every `interval_s` in a thread, and once more on exit;
+    `.peak_bytes` is the maximum (e.g. of `ray_processes_rss_bytes`)."""
 
-    def __init__(self, interval_s: float = 0.5) -> None:
-        self.interval_s, self.peak_bytes = interval_s, 0
+    def __init__(self, read_bytes: Callable[[], int], interval_s: float = 0.5) -> None:
+        self.read_bytes, self.interval_s, self.peak_bytes = read_bytes, interval_s, 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak_bytes = max(self.peak_bytes, ray_processes_rss_bytes())
+            self.peak_bytes = max(self.peak_bytes, self.read_bytes())
             time.sleep(self.interval_s)
 
-    def __enter__(self) -> PeakMemory:
+    def __enter__(self) -> PeakBytes:
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+        self.peak_bytes = max(self.peak_bytes, self.read_bytes())
 
 
 def write_results(

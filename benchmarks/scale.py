@@ -27,14 +27,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import threading
 import time
-from collections.abc import Callable
 
 import psutil
 import ray
 
-from benchmarks.common import ray_processes_rss_bytes, write_results
+from benchmarks.common import PeakBytes, ray_processes_rss_bytes, write_results
 from sglr_ray.config import RunConfig
 from sglr_ray.data import prepare_data
 from sglr_ray.execution.driver import make_executor, run_epoch
@@ -45,29 +43,6 @@ SETUPS = {  # name: (executor, clients, samples per client)
     "local": ("local", 5, 10_000),
     "ray": ("ray", 1000, 50),
 }
-
-
-class PeakBytes:
-    """Samples `read_bytes()` every `interval_s` in a thread; `.peak_bytes` is the maximum."""
-
-    def __init__(self, read_bytes: Callable[[], int], interval_s: float = 0.5) -> None:
-        self.read_bytes, self.interval_s, self.peak_bytes = read_bytes, interval_s, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak_bytes = max(self.peak_bytes, self.read_bytes())
-            time.sleep(self.interval_s)
-
-    def __enter__(self) -> PeakBytes:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak_bytes = max(self.peak_bytes, self.read_bytes())
 
 
 def driver_rss_bytes() -> int:
