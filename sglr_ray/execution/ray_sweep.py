@@ -20,7 +20,6 @@ unused, and it is one more dependency.
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 from collections.abc import Callable
@@ -80,9 +79,8 @@ def sweep_status(configs: list[RunConfig]) -> pd.DataFrame:
         status, done = "queued", 0
         if store.exists(rel):
             try:
-                table = io.BytesIO(store.read_bytes(rel))
-                row = pd.read_parquet(table, columns=["status", "epochs_done"]).iloc[0]
-                status, done = row.status, int(row.epochs_done)
+                row = store.read_table(rel, columns=["status", "epochs_done"]).to_pylist()[0]
+                status, done = row["status"], int(row["epochs_done"])
             except (OSError, ValueError):  # being replaced this instant: report it next time
                 status = "?"
         rows.append({"run_id": config.run_id, "status": status, "epochs": f"{done}/{config.epochs}"})

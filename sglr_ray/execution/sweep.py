@@ -14,7 +14,6 @@ method's combinations instead of making them invalid.
 
 from __future__ import annotations
 
-import io
 import itertools
 import logging
 import multiprocessing
@@ -23,8 +22,6 @@ import signal
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
-
-import pandas as pd
 
 from sglr_ray.config import METHOD_SETTINGS, ConfigError, RunConfig, check_setting_names
 from sglr_ray.execution import interrupt
@@ -79,8 +76,8 @@ def completed_runs(out: str) -> set[str]:
     differ in columns."""
     store, done = Storage(out), set()
     for name in store.list("runs", ".parquet"):
-        row = pd.read_parquet(io.BytesIO(store.read_bytes(f"runs/{name}")), columns=["run_id", "status"])
-        done |= set(row.loc[row.status == "completed", "run_id"])
+        rows = store.read_table(f"runs/{name}", columns=["run_id", "status"]).to_pylist()
+        done |= {row["run_id"] for row in rows if row["status"] == "completed"}
     return done
 
 
