@@ -15,6 +15,7 @@ import torch
 from sglr_ray.config import RunConfig
 from sglr_ray.data import PreparedData
 from sglr_ray.execution.placement import choose_device, shard_clients
+from sglr_ray.execution.process import configure_process
 from sglr_ray.nodes.client import ClientShard, client_partitions
 from sglr_ray.nodes.server import Server
 
@@ -23,9 +24,7 @@ class LocalExecutor:
     name = "local"
 
     def __init__(self, config: RunConfig, data: PreparedData, run_id: str = "") -> None:
-        # Set explicitly: the Ray executor does the same in every actor, and the
-        # two only agree to the last bit when they run the same thread count.
-        torch.set_num_threads(config.torch_threads or os.cpu_count() or 1)
+        configure_process(config.torch_threads or os.cpu_count() or 1)  # as every Ray actor does
         # One process holds everything: it "was given a GPU" when the run asks for any.
         gpus_requested = config.gpus_per_client > 0 or config.server_gpus > 0
         self.device = choose_device(config.device, gpus_requested, torch.cuda.is_available())

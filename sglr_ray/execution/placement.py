@@ -40,11 +40,12 @@ class Placement:
     clients_per_shard: int
     shard_client_ids: list[list[int]]
     cpus_per_actor: float  # Ray scheduling request for every actor, server included
-    torch_threads: int  # torch intra-op threads in each process
+    torch_threads: int  # torch intra-op threads in each shard's process
     server_gpus: float = 0.0
     shard_gpus: tuple[float, ...] = ()  # each shard's GPU request, in shard order
     shortfall: str | None = None  # what the nodes lack for this request, with the numbers; None: it fits
     server_actor: bool = True  # False: the server lives in the driver (CL, FL: see plan_placement)
+    server_threads: int = 1  # torch intra-op threads of the server actor
 
     def actor_requests(self) -> list[ActorRequest]:
         """The server first (when it has an actor), then one request per shard."""
@@ -124,10 +125,13 @@ def plan_placement(
     raise PlacementError; requests the nodes cannot hold come back with
     `shortfall` set (an autoscaler may still add what is missing).
 
-    `server_actor` False (the whole-model methods, CL and FL, whose server only
-    sums FedAvg uploads and counts bytes, in the driver) leaves every CPU to the
-    shards: by default one single-thread shard per CPU, which trains faster than
-    fewer shards with more torch threads each at small batches.
+    By default there is one single-thread shard per CPU: at small batches that
+    trains faster than fewer shards with more torch threads each. No CPU is kept
+    for the server: in a split step the shards compute while the server waits for
+    their activations, then the server computes while they wait for gradients,
+    so the server takes every core of its node for its own turn. `server_actor`
+    False (the whole-model methods, CL and FL, whose server only sums FedAvg
+    uploads and counts bytes, in the driver) starts no server actor at all.
     """
     if not server_actor and server_gpus > 0:
         raise PlacementError(
@@ -154,6 +158,7 @@ def plan_placement(
         # way round: only the shards compete for CPUs with each other (and no
         # actor gets more threads than one node has cores).
         torch_threads=torch_threads or max(1, min(int(cpus) // len(shards), int(max_node_cpus(nodes)))),
+        server_threads=torch_threads or max(1, int(max_node_cpus(nodes))),
         server_gpus=server_gpus,
         shard_gpus=shard_gpus,
         server_actor=server_actor,
@@ -205,10 +210,11 @@ def needs_server_actor(config: RunConfig) -> bool:
 def default_clients_per_shard(
     num_clients: int, cpus: float, memory_bytes: float, server_actors: int = 1
 ) -> int:
-    """Clients per shard for as many shards as leave a CPU and a worker's memory to each
-    of the `server_actors` (1, or 0 where the server lives in the driver)."""
+    """Clients per shard for one shard per CPU, as far as memory holds a worker for each
+    shard and for each of the `server_actors` (1, or 0 where the server lives in the
+    driver). The server needs no CPU of its own: it computes while the shards wait."""
     workers = int(memory_bytes // WORKER_MEMORY_BYTES)
-    max_shards = max(1, min(int(cpus) - server_actors, workers - server_actors))
+    max_shards = max(1, min(int(cpus), workers - server_actors))
     return math.ceil(num_clients / min(num_clients, max_shards))
 
 

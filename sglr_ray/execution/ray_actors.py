@@ -46,6 +46,7 @@ from sglr_ray.execution.placement import (
     plan_for_cluster,
     shard_name,
 )
+from sglr_ray.execution.process import configure_process
 from sglr_ray.execution.ray_cluster import read_cluster, wait_for_actors
 from sglr_ray.methods import method_file
 from sglr_ray.nodes.client import ClientShard, client_partitions
@@ -80,7 +81,7 @@ class _Host:
     """
 
     def __init__(self, torch_threads: int, device_setting: str, build: Callable[[str], Any]) -> None:
-        torch.set_num_threads(torch_threads)  # Ray sets OMP_NUM_THREADS from num_cpus otherwise
+        configure_process(torch_threads)  # as the in-process executor does
         # The device depends on what Ray gave this process, so it is chosen here, not by the driver.
         gpu_ids = [str(i) for i in ray.get_gpu_ids()]
         self._held: Any = None
@@ -198,7 +199,7 @@ class RayExecutor:
             self.server = (
                 ray.remote(ServerActor)
                 .options(name=f"{run_id}/server", num_gpus=placement.server_gpus, **common)
-                .remote(placement.torch_threads, config.device, config)
+                .remote(placement.server_threads, config.device, config)
             )
             self.actors = [self.server]  # from here on, close() has something to stop
         val, test = ray.put(data.val), ray.put(data.test)  # stored once, shared by every shard
@@ -233,8 +234,10 @@ class RayExecutor:
         if idle_gpus and config.device == "auto":
             log.warning("%s were given GPUs but run on cpu: torch sees no CUDA device there", idle_gpus)
         log.info(
-            "%d client shards of up to %d clients; %.2f CPU and %d torch threads per actor; devices %s%s",
+            "%d client shards of up to %d clients; %.2f CPU per actor; %d torch threads per shard, "
+            "%d for the server; devices %s%s",
             len(self.shards), self.clients_per_shard, placement.cpus_per_actor, placement.torch_threads,
+            placement.server_threads,
             {name: f"{r.device} (GPUs {r.gpu_ids})" for name, r in reports.items()},
             "; the server in the driver" if self.server_in_driver else "",
         )  # fmt: skip

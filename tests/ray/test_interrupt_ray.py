@@ -25,6 +25,7 @@ EPOCHS = 4
 FLAGS = [
     "--dataset", "synthetic", "--clients", "2", "--samples-per-client", "400", "--epochs", str(EPOCHS),
     "--val-samples", "100", "--test-samples", "100", "--torch-threads", "1",
+    "--clients-per-actor", "2",  # the local run's layout: shards decide which clients are grouped
 ]  # fmt: skip
 COMPARED = ["epoch", "train_loss", "val_acc", "test_acc", "bytes_up", "bytes_down", "bytes_server_sent"]
 

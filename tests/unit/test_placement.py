@@ -41,10 +41,10 @@ def test_shard_clients_covers_every_client_once():
 
 @pytest.mark.parametrize("clients, cpus, memory, per_shard, shards", [
     (5, 16, 64 * GIB, 1, 5),  # resources allow one client per actor
-    (5, 2, 24 * GIB, 5, 1),  # two CPUs: one shard actor next to the server
-    (1000, 2, 24 * GIB, 1000, 1),
+    (5, 2, 24 * GIB, 3, 2),  # two CPUs: a shard per CPU; the server computes while they wait
+    (1000, 2, 24 * GIB, 500, 2),
     (100, 64, 24 * GIB, 3, 34),  # memory-bound: about 39 workers fit, 34 shards of 3
-    (100, 8, 24 * GIB, 15, 7),
+    (100, 8, 24 * GIB, 13, 8),
 ])  # fmt: skip
 def test_default_packing_fits_the_cluster(clients, cpus, memory, per_shard, shards):
     placement = plan_placement(clients, 0, 0, nodes=cpu_nodes([cpus]), memory_bytes=memory)
@@ -211,7 +211,8 @@ def test_an_autoscaler_that_does_not_say_what_it_adds_gets_the_timeout(tiny_conf
     ("fl", 100, 2, ["clients-0-49", "clients-50-99"], 1),  # no server actor: one shard per CPU
     ("fl", 1000, 2, ["clients-0-499", "clients-500-999"], 1),
     ("cl", 1, 1, ["clients-0-0"], 2),  # one data centre "client": one shard, both cores
-    ("sglr", 100, 1, ["server", "clients-0-99"], 2),  # the split methods' server computes
+    # the split methods' server computes, but in turn with the shards: a shard per CPU all the same
+    ("sglr", 100, 2, ["server", "clients-0-49", "clients-50-99"], 1),
 ])  # fmt: skip
 def test_whole_model_methods_give_the_server_s_cpu_to_the_shards(
     tiny_config, method, clients, shards, actors, threads
@@ -221,7 +222,20 @@ def test_whole_model_methods_give_the_server_s_cpu_to_the_shards(
     assert placement.server_actor is (method == "sglr")
     assert len(placement.shard_client_ids) == shards and placement.torch_threads == threads
     assert [a.name for a in placement.actor_requests()] == actors
-    assert placement.cpus_per_actor == 1.0 and placement.shortfall is None
+    assert placement.cpus_per_actor == (1.0 if method != "sglr" else 0.6666) and placement.shortfall is None
+
+
+@pytest.mark.parametrize("node_cpus, torch_threads, shard_threads, server_threads", [
+    ([2], 0, 1, 2),  # the server's turn: every core of its node
+    ([8], 0, 1, 8),
+    ([4, 4], 0, 1, 4),  # never more threads than one node has cores
+    ([2], 3, 3, 3),  # an explicit --torch-threads holds for every actor
+])  # fmt: skip
+def test_the_server_takes_its_node_s_cores_for_its_turn(
+    node_cpus, torch_threads, shard_threads, server_threads
+):
+    placement = plan_placement(100, 0, torch_threads, nodes=cpu_nodes(node_cpus), memory_bytes=64 * GIB)
+    assert placement.torch_threads == shard_threads and placement.server_threads == server_threads
 
 
 def test_default_packing_without_a_server_actor_counts_every_cpu_and_worker():
