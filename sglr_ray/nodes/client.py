@@ -29,8 +29,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from sglr_ray.config import RunConfig
-from sglr_ray.data import ImageSet, PreparedData, epoch_order, eval_slice, to_model_input
+from sglr_ray.data import ImageSet, PreparedData, eval_slice, to_model_input
 from sglr_ray.methods.aggregate import weighted_state_sum
+from sglr_ray.nodes.batches import BatchDrawer
 from sglr_ray.nodes.grouped import GroupedBottoms, groupable
 from sglr_ray.nodes.models import SPLIT_MODELS, build_client_model, smashed_shape, state_nbytes, weights_copy
 from sglr_ray.nodes.optim import LrSchedule, autocast, make_optimizer, set_lr
@@ -107,12 +108,10 @@ class ClientShard:
         self._eval_top = SPLIT_MODELS[config.model].build_top().to(self.device)
         # forwarded, awaiting gradients: (client, smashed) pairs, or the grouped smashed data
         self._pending: list[tuple[Client, torch.Tensor]] | torch.Tensor | None = None
-        self._orders: dict[int, tuple[int, torch.Tensor]] = {}  # client_id -> (epoch, its order)
+        self._batches = BatchDrawer(config, self.device)
         self._schedule = LrSchedule.parse(config.lr_schedule)
-        self._plan: tuple[int, torch.Tensor, torch.Tensor] | None = None  # (epoch, counts, starts)
         self._smashed_shape = smashed_shape(config.model)
         self._grouped = self._make_group() if group else None
-        self._grouped_orders: tuple[int, torch.Tensor] | None = None  # (epoch, (K, n) orders)
 
     def _make_group(self) -> GroupedBottoms | None:
         """The clients as one grouped model (nodes/grouped.py), where every step has every client
@@ -182,30 +181,8 @@ class ClientShard:
         return chosen
 
     def _batch(self, client: Client, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """A client's inputs and labels for (epoch, step): a pure function of the seed and ids.
-
-        A client walks through its epoch order without replacement: b samples a step,
-        or, under a batch plan (GPSL), as many as the plan gives it.
-        """
-        cached = self._orders.get(client.client_id)
-        if cached is None or cached[0] != epoch:
-            cached = (epoch, epoch_order(self.config.seed, client.client_id, epoch, len(client.data)))
-            self._orders[client.client_id] = cached
-        start, count = self._rows(client.client_id, epoch, step)
-        index = cached[1][start : start + count].numpy()
-        x = to_model_input(client.data.images[index]).to(self.device)
-        return x, torch.from_numpy(client.data.labels[index])
-
-    def _rows(self, client_id: int, epoch: int, step: int) -> tuple[int, int]:
-        """(first position in the epoch order, count) of a client's batch at `step`."""
-        if self.config.spec.batch_plan is None:
-            return step * self.config.batch_size, self.config.batch_size
-        if self._plan is None or self._plan[0] != epoch:
-            plan = torch.tensor(self.config.spec.batch_plan(self.config, epoch), dtype=torch.int64)
-            starts = torch.cumsum(plan, dim=0) - plan  # per step, per client: samples used before it
-            self._plan = (epoch, plan, starts)
-        _, plan, starts = self._plan
-        return int(starts[step, client_id]), int(plan[step, client_id])
+        """A client's inputs and labels for (epoch, step) (nodes/batches.py)."""
+        return self._batches.batch(client.client_id, client.data, epoch, step)
 
     def forward_batch(self, epoch: int, step: int, client_ids: list[int] | None = None) -> SmashedBatch:
         """Each client (all, or those named: SSL's turn) draws its batch and computes smashed data s_i."""
@@ -245,25 +222,12 @@ class ClientShard:
         if not self._grouped.in_sync(models, optimizers):  # a reset, or a client model replaced
             self._grouped.gather(models, optimizers)
         set_lr(self._grouped.optimizer, self.clients[0].optimizer.param_groups[0]["lr"])
-        x, y = self._grouped_batch(epoch, step)
+        x, y = self._batches.stacked_batch(self.client_ids, *self._stacked, epoch, step)
         with self._autocast():
             s = self._grouped.forward(x)
         self._pending = s  # keeps the graph for apply_gradient
         batch = self.config.batch_size
         return SmashedBatch(self.client_ids, [batch] * len(self.clients), s.detach().cpu(), y)
-
-    def _grouped_batch(self, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every client's `_batch` at once: inputs (K, b, 1, 32, 32) and labels (K*b,)."""
-        if self._grouped_orders is None or self._grouped_orders[0] != epoch:
-            n = len(self.clients[0].data)
-            orders = [epoch_order(self.config.seed, c.client_id, epoch, n) for c in self.clients]
-            self._grouped_orders = (epoch, torch.stack(orders).numpy())
-        b, images, labels = self.config.batch_size, *self._stacked
-        index = self._grouped_orders[1][:, step * b : (step + 1) * b]
-        rows = np.arange(len(self.clients))[:, None]
-        x = to_model_input(images[rows, index].reshape(-1, *images.shape[2:])).to(self.device)
-        y = torch.from_numpy(labels[rows, index].reshape(-1))
-        return x.reshape(len(self.clients), b, *x.shape[1:]), y
 
     def apply_gradient(self, delivery: GradientDelivery, averaged_gradient: torch.Tensor | None) -> None:
         """Back-propagate each client's split-layer gradient (own or averaged) and step its optimizer."""

@@ -86,7 +86,7 @@ def test_gpsl_clients_draw_their_samples_without_replacement(tiny_config, tmp_ou
     config = tiny_config(method="gpsl", clients=3, samples_per_client=32, global_batch_size=12)
     shard = LocalExecutor(config, prepare_data(config)).shards[0]
     for client_id in range(3):
-        spans = [shard._rows(client_id, 0, step) for step in range(config.steps_per_epoch)]
+        spans = [shard._batches.rows(client_id, 0, step) for step in range(config.steps_per_epoch)]
         used = [i for start, count in spans for i in range(start, start + count)]
         assert used == list(range(len(used))) and len(used) <= 32
 
