@@ -88,22 +88,29 @@ def train_steps(
         nonlocal loss_sum, samples, settled
         metrics_ref, apply_refs = in_flight.popleft()
         metrics = ex.get(metrics_ref)
-        ex.get(apply_refs)  # surfaces a client-side failure at the step it happened
+        ex.get(apply_refs)  # the last step's applies: surfaces a client-side failure there
         loss_sum, samples = loss_sum + metrics.loss * metrics.samples, samples + metrics.samples
         settled += 1
         if progress:
             progress(epoch, done_before + settled, loss_sum / samples)
 
-    shards = [shard for shard, _ in participants]
-    for step in range(config.steps_per_epoch):
-        uploads = [ex.call(shard, ClientShard.forward_batch, epoch, step, ids) for shard, ids in participants]
+    steps = config.steps_per_epoch
+    uploads = [ex.call(shard, ClientShard.forward_batch, epoch, 0, ids) for shard, ids in participants]
+    for step in range(steps):
         metrics, averaged, *deliveries = ex.call(
             ex.server, Server.train_step, epoch, step, *uploads, num_returns=len(uploads) + 2
         )
-        applies = [
-            ex.call(s, ClientShard.apply_gradient, d, averaged)
-            for s, d in zip(shards, deliveries, strict=True)
-        ]
+        if step + 1 < steps:  # a shard applies this step's gradients and forwards the next batch
+            uploads = [
+                ex.call(shard, ClientShard.apply_then_forward, d, averaged, epoch, step + 1, ids)
+                for (shard, ids), d in zip(participants, deliveries, strict=True)
+            ]
+            applies = []  # a failure there fails the next server step, whose metrics are fetched
+        else:
+            applies = [
+                ex.call(shard, ClientShard.apply_gradient, d, averaged)
+                for (shard, _), d in zip(participants, deliveries, strict=True)
+            ]
         in_flight.append((metrics, applies))
         if len(in_flight) > MAX_STEPS_IN_FLIGHT:
             settle_oldest()

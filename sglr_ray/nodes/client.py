@@ -249,6 +249,19 @@ class ClientShard:
             client.optimizer.step()
         self._pending = None
 
+    def apply_then_forward(
+        self,
+        delivery: GradientDelivery,
+        averaged_gradient: torch.Tensor | None,
+        epoch: int,
+        next_step: int,
+        client_ids: list[int] | None = None,
+    ) -> SmashedBatch:
+        """`apply_gradient`, then the next step's `forward_batch`: one call instead of two, so a
+        step of the driver's loop chains two actor calls (shard -> server -> shard), not three."""
+        self.apply_gradient(delivery, averaged_gradient)
+        return self.forward_batch(epoch, next_step, client_ids)
+
     # --- CL and FL: whole models trained on local data ------------------------------
 
     def train_local(self, epoch: int) -> tuple[float, int]:

@@ -3,6 +3,7 @@ waits in ray.get, takes down the Ray it started, and --resume completes it."""
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -39,7 +40,7 @@ def start_ray_run(out: str, log: Path) -> subprocess.Popen:
             env=ENV, stdout=sink, stderr=sink,
         )  # fmt: skip
     epochs_file, deadline = Path(out) / "epochs" / "stopped.parquet", time.monotonic() + 300
-    while not (epochs_file.exists() and len(pd.read_parquet(epochs_file)) >= 1):
+    while not (epochs_file.exists() and len(pd.read_parquet(io.BytesIO(epochs_file.read_bytes()))) >= 1):
         assert proc.poll() is None, f"it ended before it was signalled:\n{log.read_text()}"
         assert time.monotonic() < deadline, "no epoch recorded within 300 s"
         time.sleep(0.05)

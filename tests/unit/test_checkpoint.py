@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -76,7 +77,9 @@ def test_killed_driver_process_resumes_from_the_command_line(tmp_out):
     )  # fmt: skip
     epochs_file = Path(tmp_out) / "epochs" / "killed.parquet"
     deadline = time.monotonic() + 120
-    while not (epochs_file.exists() and len(pd.read_parquet(epochs_file)) >= 2):
+    # Read the bytes once, then parse: a read of the path raced the writer's rename once
+    # ("Page was smaller than expected"), as pyarrow may open a path more than once per read.
+    while not (epochs_file.exists() and len(pd.read_parquet(io.BytesIO(epochs_file.read_bytes()))) >= 2):
         assert driver.poll() is None and time.monotonic() < deadline, "driver ended before it was killed"
         time.sleep(0.05)
     driver.send_signal(signal.SIGKILL)

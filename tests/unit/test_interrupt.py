@@ -7,6 +7,7 @@ with the numbers of an uninterrupted run, each epoch recorded once.
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -41,7 +42,8 @@ def start(args: list[str], log: Path) -> subprocess.Popen:
 
 def epochs_recorded(out: str, run_id: str) -> int:
     path = Path(out) / "epochs" / f"{run_id}.parquet"
-    return len(pd.read_parquet(path)) if path.exists() else 0
+    # the bytes read once, then parsed: a read of the path can race the writer's rename
+    return len(pd.read_parquet(io.BytesIO(path.read_bytes()))) if path.exists() else 0
 
 
 def wait_until_checkpointed(proc: subprocess.Popen, out: str, run_ids: list[str]) -> None:
