@@ -4,8 +4,10 @@ Plain torch, no Ray: the Ray executor wraps a shard in a thin actor, the local
 executor calls it directly. For the split methods (and SSL) a client holds a
 bottom model and a step is two calls: `forward_batch` (returns the smashed
 data to upload) and `apply_gradient` (back-propagates what the server sent and
-steps each client's optimizer). For the baselines CL and FL a client holds the
-whole model and `train_local` trains it on the client's own data.
+steps each client's optimizer); the driver joins a step's `apply_gradient` and
+the next step's `forward_batch` into one `apply_then_forward` call. For the
+baselines CL and FL a client holds the whole model and `train_local` trains it
+on the client's own data.
 
 FedAvg rounds start from the global model, so an FL shard holds ONE working
 model: `train_local` trains its clients one after another, each from the global
