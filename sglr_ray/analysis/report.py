@@ -35,6 +35,17 @@ CI_NOTE = "half-width of the 95% confidence interval (Student t, n - 1 degrees o
 PAPER_NOTE = "The paper's figures (Fashion-MNIST; ResNet-16 in Tables 1-2, AlexNet, 5 clients in Table 4):"
 
 
+def machines_line(runs: pd.DataFrame) -> str | None:
+    """Which machines made the completed runs, with counts (runs recorded before the
+    `machine` column say nothing)."""
+    done = runs[runs.status == "completed"]
+    if "machine" not in done.columns or done.machine.isna().all():
+        return None
+    counts = done.machine.fillna("not recorded").value_counts()
+    parts = [f"{m}: {n} run{'' if n == 1 else 's'}" for m, n in counts.items()]
+    return f"Machines (driver's CPU, torch): {'; '.join(parts)}."
+
+
 def write_report(out: str | Path, path: str | Path | None = None) -> Path:
     """Write the report for results directory `out` to `path` (default `<out>/report.md`) and its
     plots to `plots/` beside it; return the report's path."""
@@ -52,6 +63,8 @@ def write_report(out: str | Path, path: str | Path | None = None) -> Path:
         f"({counts.get('completed', 0)} completed, {counts.get('running', 0)} running, "
         f"{counts.get('failed', 0)} failed). Accuracy: final test top-1 in percent.",
     ]
+    if machines := machines_line(runs):
+        lines += ["", machines]
     workloads = analysis.split_workloads(runs)
     if not workloads:
         lines += ["", "No completed runs yet."]

@@ -22,7 +22,6 @@ every round and no optimizer state is kept or checkpointed.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,15 +30,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from sglr_ray.config import RunConfig
-from sglr_ray.data import ImageSet, PreparedData, eval_slice, to_model_input
+from sglr_ray.data import ImageSet, PreparedData, eval_slice
 from sglr_ray.methods.aggregate import weighted_state_sum
 from sglr_ray.nodes.batches import BatchDrawer
 from sglr_ray.nodes.grouped import GroupedBottoms, groupable
 from sglr_ray.nodes.models import SPLIT_MODELS, build_client_model, smashed_shape, state_nbytes, weights_copy
-from sglr_ray.nodes.optim import LrSchedule, autocast, make_optimizer, set_lr
+from sglr_ray.nodes.optim import LrSchedule, autocast, make_optimizer, optimizer_state_copy, set_lr
 from sglr_ray.nodes.protocol import GradientDelivery, ModelUpload, SmashedBatch
-
-EVAL_BATCH = 1000
+from sglr_ray.nodes.scoring import count_correct
 
 
 @dataclass
@@ -59,18 +57,6 @@ def client_partitions(config: RunConfig, data: PreparedData) -> list[ImageSet]:
     if config.spec.pooled_data:
         return [ImageSet.union(data.partitions)]
     return list(data.partitions)
-
-
-def _compact_copy(value: object) -> object:
-    """A deep copy whose tensors are clones: a deep-copied view would carry its whole base
-    storage along (a grouped client's optimizer state is a view of the group's)."""
-    if torch.is_tensor(value):
-        return value.detach().clone()
-    if isinstance(value, dict):
-        return {k: _compact_copy(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_compact_copy(v) for v in value]
-    return copy.deepcopy(value)
 
 
 class ClientShard:
@@ -361,7 +347,7 @@ class ClientShard:
         for c in self.clients:
             saved = {} if shared else {"model": weights_copy(c.model)}
             if not self._resets:
-                saved["optimizer"] = _compact_copy(c.optimizer.state_dict())
+                saved["optimizer"] = optimizer_state_copy(c.optimizer)
             clients[c.client_id] = saved
         return {"model": weights_copy(self.clients[0].model) if shared else None, "clients": clients}
 
@@ -384,7 +370,6 @@ class ClientShard:
 
     # --- evaluation ---------------------------------------------------------------------
 
-    @torch.no_grad()
     def evaluate(
         self,
         top_state: dict[str, torch.Tensor] | None,
@@ -405,18 +390,10 @@ class ClientShard:
         if not self.full_model:
             top = self._eval_top
             top.load_state_dict(top_state)
-            top.eval()
         scores = {}
         for client in self._select(client_ids):
             part = slice(None) if whole else eval_slice(len(labels), self.config.clients, client.client_id)
-            x_all, y_all = images[part], labels[part]
-            client.model.eval()
-            correct = 0
-            for start in range(0, len(y_all), EVAL_BATCH):
-                x = to_model_input(x_all[start : start + EVAL_BATCH]).to(self.device)
-                with self._autocast():
-                    logits = top(client.model(x))
-                correct += int((logits.argmax(1).cpu() == y_all[start : start + EVAL_BATCH]).sum())
-            client.model.train()
-            scores[client.client_id] = (correct, len(y_all))
+            x, y = images[part], labels[part]
+            correct = count_correct(client.model, top, x, y, self.device, self._autocast)
+            scores[client.client_id] = (correct, len(y))
         return scores

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import re
 from collections.abc import Iterable
@@ -60,3 +61,20 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def optimizer_state_copy(optimizer: torch.optim.Optimizer) -> dict:
+    """The optimizer's state_dict, deep-copied with its tensors cloned: a deep-copied view
+    would carry its whole base storage along (a grouped client's optimizer state is a view
+    of the group's), and a checkpoint would hold the whole group once per client."""
+    return _cloned(optimizer.state_dict())
+
+
+def _cloned(value: object) -> object:
+    if torch.is_tensor(value):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        return {k: _cloned(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_cloned(v) for v in value]
+    return copy.deepcopy(value)

@@ -27,7 +27,7 @@ from sglr_ray.measure import energy
 from sglr_ray.measure.comm import comm_time_s
 from sglr_ray.results.atomic import atomic_path
 from sglr_ray.results.storage import Storage, join_run
-from sglr_ray.version import code_version
+from sglr_ray.version import code_version, machine
 
 if TYPE_CHECKING:
     from sglr_ray.execution.driver import EpochResult
@@ -45,7 +45,7 @@ RUNS_SCHEMA = pa.schema([
     ("compute_energy_model_j", pa.float64()), ("tx_energy_model_j", pa.float64()),
     ("restarts", pa.int64()), ("resumes", pa.int64()),
     ("status", pa.string()), ("started_at", pa.string()), ("code_version", pa.string()),
-    ("config_json", pa.string()),
+    ("machine", pa.string()), ("config_json", pa.string()),
 ])  # fmt: skip
 EPOCHS_SCHEMA = pa.schema([
     ("run_id", pa.string()), ("epoch", pa.int64()), ("train_loss", pa.float64()),
@@ -142,7 +142,8 @@ class ResultsWriter:
             "val_set_digest": data.val_digest, "test_set_digest": data.test_digest,
             "server_lr": config.server_lr, "epochs_done": 0,
             "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "code_version": code_version(), "config_json": config.to_json(), "status": "running",
+            "code_version": code_version(), "machine": machine(), "config_json": config.to_json(),
+            "status": "running",
             "energy_source": energy_source, "restarts": 0, "resumes": 0,
         }  # fmt: skip
         self.epoch_rows: list[dict[str, Any]] = []
@@ -154,9 +155,10 @@ class ResultsWriter:
         checkpoint's) and drop later ones, which the resumed run records again."""
         tables = {name: self.store.read_table(rel).to_pylist() for name, rel in self.files.items()}
         (previous,) = tables["runs"]
+        machines = [m for m in (previous.get("machine"), machine()) if m]  # recorded before: none
         self.run_row.update(
             started_at=previous["started_at"], code_version=previous["code_version"],
-            resumes=(previous["resumes"] or 0) + 1,
+            machine=" + ".join(dict.fromkeys(machines)), resumes=(previous["resumes"] or 0) + 1,
         )  # fmt: skip
         self.epoch_rows = [r for r in tables["epochs"] if r["epoch"] < first_epoch]
         self.client_rows = [r for r in tables["clients"] if r["epoch"] < first_epoch]

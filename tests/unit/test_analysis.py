@@ -294,3 +294,18 @@ def test_markdown_table_formats_index_labels_and_numbers():
         "| phi | x | y |", "|---|---|---|", "| 0.5 | 12.50 | 0.00123 |", "| 2 |  | 2.00000 |",
     ]  # fmt: skip
     assert markdown_table(frame, exact=True).splitlines()[2:] == ["| 0.5 | 12.5 | 0.00123 |", "| 2 |  | 2 |"]
+
+
+def test_the_report_counts_completed_runs_per_machine(tmp_path):
+    runs = [
+        run_row("a", seed=0, machine="AMD EPYC x2, torch 2.14.1"),
+        run_row("b", seed=1, machine="Intel Xeon x2, torch 2.14.1"),
+        run_row("c", seed=2, machine="Intel Xeon x2, torch 2.14.1"),
+        run_row("d", seed=3, machine="AMD EPYC x2, torch 2.14.1", status="failed"),
+        run_row("e", seed=4),  # recorded before the column existed
+    ]
+    text = write_report(write_results(tmp_path / "o", runs)).read_text()
+    assert (
+        "Machines (driver's CPU, torch): Intel Xeon x2, torch 2.14.1: 2 runs; "
+        "AMD EPYC x2, torch 2.14.1: 1 run; not recorded: 1 run." in text
+    )

@@ -19,6 +19,7 @@ from sglr_ray.execution import checkpoint
 from sglr_ray.execution.driver import run_epoch, run_experiment
 from sglr_ray.execution.local import LocalExecutor
 from sglr_ray.measure.energy import NoMeter
+from sglr_ray.version import machine
 
 COMPARED = ["epoch", "train_loss", "val_acc", "test_acc", "bytes_up", "bytes_down", "bytes_server_sent"]
 
@@ -62,6 +63,23 @@ def test_resume_after_a_crash_records_every_epoch_once_with_uninterrupted_number
     assert runs.status[0] == "completed" and runs.resumes[0] == 1 and runs.epochs_done[0] == 5
     assert not saved.exists()  # a completed run keeps no checkpoint
     assert len(pd.read_parquet(f"{tmp_out}/clients/crashed.parquet")) == 5 * 3
+
+
+def test_a_run_records_its_machine_and_a_resume_elsewhere_adds_the_other(tiny_config, tmp_out, monkeypatch):
+    config = tiny_config(method="psl", clients=2, epochs=3, checkpoint_every=1, out=tmp_out, run_id="moved")
+
+    def crash_after_epoch_0(result):
+        if result.epoch == 0:
+            raise RuntimeError("the first machine goes away")
+
+    with pytest.raises(RuntimeError):
+        run_experiment(config, on_epoch=crash_after_epoch_0)
+    first = pd.read_parquet(f"{tmp_out}/runs/moved.parquet").machine[0]
+    assert "torch" in first and first == machine()
+    monkeypatch.setattr("sglr_ray.results.writer.machine", lambda: "Other CPU x64, torch 9.9")
+    run_experiment(config, resume=True)
+    runs = pd.read_parquet(f"{tmp_out}/runs/moved.parquet")
+    assert runs.status[0] == "completed" and runs.machine[0] == f"{first} + Other CPU x64, torch 9.9"
 
 
 def test_killed_driver_process_resumes_from_the_command_line(tmp_out):
