@@ -4,18 +4,23 @@ Same config, same machine, one run of this script; the ratio is the figure.
 Each method trains its own epoch (run_epoch: the parallel split step, SSL's
 turns, CL/FL's local epochs, the end-of-epoch averaging) with a tiny evaluation,
 after one warm-up epoch. Target (issue 15): Ray at least as fast as in process.
+Each ratio is the median of `--repeats` local/Ray pairs measured back to back
+(`ratio_min`, `ratio_max`: their range), since one timed epoch moves by about
++-0.15 on a 2-core machine.
 
 `chain_ms` is the floor a split step pays on Ray whatever it computes, measured
 in the same run: three actor calls chained through object references (shard ->
 server -> shard, the driver's loop), each passing an 8 x 32 x 16 x 16 tensor.
 
   .venv/bin/python -m benchmarks.overhead --clients 10 100
+  .venv/bin/python -m benchmarks.overhead --methods ssl psl sglr fl --clients 10 --name overhead-repeats
   .venv/bin/python -m benchmarks.overhead --model resnet16 --clients 10 --name overhead-resnet16
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 
@@ -80,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, nargs="+", default=[10, 100])
     parser.add_argument("--model", default="alexnet")
     parser.add_argument("--epochs", type=int, default=1, help="timed epochs after one warm-up epoch")
+    parser.add_argument(
+        "--repeats", type=int, default=3,
+        help="local/Ray pairs per method and size; the table gives medians and the ratio's range",
+    )  # fmt: skip
     parser.add_argument("--name", default="overhead", help="results/benchmarks/<name>.md and .parquet")
     args = parser.parse_args(argv)
     ray.init(address="local", include_dashboard=False, log_to_driver=False)
@@ -93,13 +102,21 @@ def main(argv: list[str] | None = None) -> int:
                 val_samples=10, test_samples=10, checkpoint_every=0,
             )  # fmt: skip
             data = prepare_data(config)
-            local, _ = samples_per_s(config.replace(executor="local"), data, args.epochs)
-            remote, startup_s = samples_per_s(config.replace(executor="ray"), data, args.epochs)
+            # Alternating local and Ray measurements: a slow spell of the machine lands on
+            # both sides of some pair rather than on one side of the ratio.
+            pairs = []
+            for _ in range(args.repeats):
+                local, _ = samples_per_s(config.replace(executor="local"), data, args.epochs)
+                remote, startup_s = samples_per_s(config.replace(executor="ray"), data, args.epochs)
+                pairs.append((local, remote, startup_s))
+            local, remote, startup_s = (statistics.median(side) for side in zip(*pairs, strict=True))
+            ratios = [r / loc for loc, r, _ in pairs]
             rows.append({
                 "method": method, "model": args.model, "clients": clients,
                 "samples_per_client": config.samples_per_client, "local_samples_per_s": local,
-                "ray_samples_per_s": remote, "ray_over_local": remote / local, "ray_startup_s": startup_s,
-                "chain_ms": chain_ms,
+                "ray_samples_per_s": remote, "ray_over_local": statistics.median(ratios),
+                "ratio_min": min(ratios), "ratio_max": max(ratios), "repeats": args.repeats,
+                "ray_startup_s": startup_s, "chain_ms": chain_ms,
             })  # fmt: skip
             print(rows[-1], flush=True)
     ray.shutdown()

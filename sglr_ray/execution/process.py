@@ -1,6 +1,7 @@
 """What every process that trains sets up first, in both executors alike.
 
-Two settings that change speed, never numbers:
+Three settings that change speed; the first two never change numbers, the third
+only values below float32's smallest normal number (1.2e-38):
 
 - torch's intra-op thread count, set explicitly (Ray sets OMP_NUM_THREADS from
   an actor's CPU request, and the two executors only agree to the last bit when
@@ -10,7 +11,14 @@ Two settings that change speed, never numbers:
   step zeroes its activations and gradients again page by page: in a Ray actor
   whose inputs arrive through the object store that doubled the minor page
   faults of a server step (7,800 against 3,900 in process for PSL at C = 10) and
-  made it 15% slower. With the limits raised, both executors fault almost never.
+  made it 15% slower. With the limits raised, both executors fault almost never;
+- subnormal floats are flushed to zero (torch.set_flush_denormal). On Intel CPUs
+  every arithmetic operation on a subnormal takes a slow microcode path: PSL's
+  server step on AlexNet at C = 10 (the overhead benchmark's synthetic data, where
+  some of the top model's values decay into that range) took 367 ms instead of
+  48 ms, six times slower, on a 2-core Intel Xeon; the AMD EPYC of earlier
+  sessions showed no such slowdown. Both executors flush alike, so they still
+  agree to the last bit.
 """
 
 from __future__ import annotations
@@ -32,9 +40,12 @@ TRIM_THRESHOLD = 1 * 2**30  # free memory kept before the heap's top is returned
 
 
 def configure_process(torch_threads: int) -> None:
-    """Set torch's thread count and keep freed memory mapped (glibc only; elsewhere a no-op)."""
+    """Set torch's thread count, keep freed memory mapped (glibc only; elsewhere a no-op) and
+    flush subnormal floats to zero (where the CPU supports it: x86 with SSE3, ARM)."""
     torch.set_num_threads(torch_threads)
     keep_freed_memory()
+    if not torch.set_flush_denormal(True):  # False: not supported here
+        log.debug("this CPU cannot flush subnormals to zero; they are computed as IEEE 754 says")
 
 
 def keep_freed_memory() -> bool:

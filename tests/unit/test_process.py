@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 # A PSL server step on AlexNet's top (the step the Ray executor's server actor runs),
 # ten times after a warm-up, counting minor page faults; run in a fresh process
@@ -57,3 +58,26 @@ def test_configured_processes_stop_refaulting_freed_memory():
     # faults over ten steps, against 600-1,300 once configured
     assert default > 3000
     assert configured < default / 3
+
+
+FLUSH_CHECK = """
+import torch
+from sglr_ray.execution.process import configure_process
+
+def tiny():
+    return float(torch.tensor([1e-39], dtype=torch.float32)[0] * 1.0)
+
+before = tiny()
+configure_process(1)
+print(before, tiny())
+"""
+
+
+@pytest.mark.skipif(not torch.set_flush_denormal(False), reason="this CPU cannot flush subnormals to zero")
+def test_configured_processes_flush_subnormal_floats_to_zero():
+    # 1e-39 is below float32's smallest normal number (1.2e-38): stored as a subnormal,
+    # it reads back as 0 once flushing is on, in a fresh process as each executor starts one
+    done = subprocess.run([sys.executable, "-c", FLUSH_CHECK], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    before, after = map(float, done.stdout.split()[-2:])
+    assert before != 0.0 and after == 0.0
