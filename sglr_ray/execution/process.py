@@ -16,7 +16,7 @@ only values below float32's smallest normal number (1.2e-38):
   every arithmetic operation on a subnormal takes a slow microcode path: PSL's
   server step on AlexNet at C = 10 (the overhead benchmark's synthetic data, where
   some of the top model's values decay into that range) took 367 ms instead of
-  48 ms, six times slower, on a 2-core Intel Xeon; the AMD EPYC of earlier
+  48 ms, 7.6 times as long, on a 2-core Intel Xeon; the AMD EPYC of earlier
   sessions showed no such slowdown. Both executors flush alike, so they still
   agree to the last bit.
 """

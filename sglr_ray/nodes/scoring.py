@@ -27,8 +27,9 @@ def count_correct(
     device: torch.device,
     autocast: Callable[[], AbstractContextManager],
 ) -> int:
-    """How many of `images` top(bottom(x)) classifies as `labels`. The models are put in eval
-    mode for the pass (batch norm uses its running statistics) and back in train mode after."""
+    """How many of `images` top(bottom(x)) classifies as `labels`. Both models are put in eval
+    mode for the pass (batch norm uses its running statistics); `bottom`, which trains, goes
+    back to train mode after, and `top` (the shard's evaluation copy) stays in eval mode."""
     bottom.eval()
     top.eval()
     correct = 0
