@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -214,6 +215,29 @@ def main(argv: list[str] | None = None) -> int:
         return stop.exit_code
 
 
+def entry() -> None:
+    """The console script and `python -m sglr_ray`: `main`, then exit without the interpreter's
+    teardown.
+
+    At teardown pyarrow's native thread pools can abort the process after all the work is
+    done ("terminate called without an active exception", exit 134; apache/arrow#34314):
+    one `sweep --dry-run` in six did here. So the command shuts down what it started (an
+    embedded Ray), flushes logs and streams, and leaves with its own exit code. Tables need
+    nothing more: each is written to a temporary file and renamed into place.
+    """
+    try:
+        code = main()
+    except SystemExit as done:  # argparse: --help, or a usage error
+        code = done.code if isinstance(done.code, int) else (0 if done.code is None else 2)
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def interrupted_message(command: str, stop: RunInterrupted) -> str:
     """The one line printed when a stop signal ends `command`: what stopped, and how to carry on."""
     head = f"sglr-ray: {command} interrupted ({stop.signal_name})"
@@ -293,4 +317,4 @@ def run_with_progress(config: RunConfig, resume: bool = False) -> RunOutcome:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

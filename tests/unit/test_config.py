@@ -177,3 +177,35 @@ def test_phase_parsing(text, kind, fraction):
 def test_config_error_is_value_error():
     with pytest.raises(ConfigError, match="--samples-per-client must be >= 1"):
         RunConfig(samples_per_client=-3)
+
+
+class ExitCalledError(Exception):
+    """os._exit, caught: the code the command line leaves with."""
+
+
+@pytest.mark.parametrize(
+    ("outcome", "code"),
+    [(lambda: 3, 3), (lambda: cli.build_parser().parse_args(["--nope"]), 2),
+     (lambda: cli.build_parser().parse_args(["--help"]), 0)],
+)  # fmt: skip
+def test_the_command_line_leaves_with_mains_code_after_flushing_and_stopping_ray(monkeypatch, outcome, code):
+    # entry() exits with os._exit to skip the interpreter's teardown, where pyarrow's thread
+    # pools can abort a finished command; what main returned, or argparse's exit, is the code
+    calls = []
+
+    def fake_exit(status):
+        raise ExitCalledError(status)
+
+    class FakeRay:
+        def is_initialized(self):
+            return True
+
+        def shutdown(self):
+            calls.append("ray.shutdown")
+
+    monkeypatch.setattr(cli, "main", outcome)
+    monkeypatch.setattr(cli.os, "_exit", fake_exit)
+    monkeypatch.setitem(cli.sys.modules, "ray", FakeRay())
+    with pytest.raises(ExitCalledError) as exited:
+        cli.entry()
+    assert exited.value.args == (code,) and calls == ["ray.shutdown"]
