@@ -20,8 +20,11 @@ a cheap --val-samples/--test-samples 200). peak_GiB: the largest resident memory
 of the side's whole process tree (driver, Ray's GCS, raylet and workers), summed over
 processes and sampled every 0.25 s with psutil; peak_pss_GiB the same with shared
 pages split between the processes that map them (PSS: what the tree occupies; RSS
-counts torch's libraries once per process), sampled every 2 s. The sglr-ray command's peak includes its
-end-of-epoch checkpoint.
+counts torch's libraries once per process), sampled every 2 s. At the PSS peak the tree's RSS is also
+split by kind (/proc/<pid>/status): anonymous (what the processes allocated), file-backed (resident
+pages of mapped libraries, which RSS counts once per process) and shared memory (Ray's object
+store); largest_file_MiB is the most file-backed RSS of one process. The sglr-ray command's peak
+includes its end-of-epoch checkpoint.
 
   make flower-venv
   .venv/bin/python -m benchmarks.flower_peer                     # 100x500 and 1000x50
@@ -87,35 +90,58 @@ def write_partitions(config: RunConfig, path: Path) -> None:
     )
 
 
-def tree_memory_bytes(root: psutil.Process, pss: bool) -> int:
-    """RSS (or with `pss`, PSS) of `root` and all its descendants (Ray's GCS, raylet and
-    workers are), summed.
+def status_kib(pid: int) -> dict[str, int]:
+    """RssAnon, RssFile and RssShmem of a process in KiB (/proc/<pid>/status, cheap to read)."""
+    with open(f"/proc/{pid}/status") as status:
+        return {k: int(v.split()[0]) for k, _, v in (line.partition(":") for line in status)
+                if k in ("RssAnon", "RssFile", "RssShmem")}  # fmt: skip
+
+
+def tree_memory(root: psutil.Process, pss: bool) -> dict[str, int]:
+    """Memory of `root` and all its descendants (Ray's GCS, raylet and workers are), summed,
+    in bytes: `rss`; with `pss` also `pss` and RSS split into `anon` (private memory the
+    processes allocated), `file` (pages of mapped files: libraries) and `shmem` (Ray's
+    object store), and `largest_file` (the most file-backed RSS one process holds).
 
     RSS counts a page shared by several processes (torch's libraries, Ray's object store)
     once per process; PSS splits it between them, so its sum is what the tree occupies.
     """
-    total = 0
+    total = dict.fromkeys(("rss", "pss", "anon", "file", "shmem", "largest_file"), 0)
     for proc in [root, *root.children(recursive=True)]:
         try:
-            total += proc.memory_full_info().pss if pss else proc.memory_info().rss
-        except psutil.Error:  # gone between listing and reading
+            total["rss"] += proc.memory_info().rss
+            if pss:
+                total["pss"] += proc.memory_full_info().pss
+                kib = status_kib(proc.pid)
+                total["anon"] += kib["RssAnon"] * 1024
+                total["file"] += kib["RssFile"] * 1024
+                total["shmem"] += kib["RssShmem"] * 1024
+                total["largest_file"] = max(total["largest_file"], kib["RssFile"] * 1024)
+        except (psutil.Error, OSError, KeyError):  # gone between listing and reading
             continue
     return total
 
 
 def run_measured(command: list[str], log_path: Path, env: dict[str, str]) -> dict:
-    """Run `command`, sampling its process tree's memory: exit code, peak RSS and PSS, wall s."""
-    started, peak_rss, peak_pss, samples = time.perf_counter(), 0, 0, 0
+    """Run `command`, sampling its process tree's memory: exit code, peak RSS, peak PSS (with
+    RSS split by kind at that moment), wall s."""
+    started, peak_rss, at_peak_pss, samples = time.perf_counter(), 0, {"pss": 0}, 0
     with open(log_path, "w") as log:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
         root = psutil.Process(proc.pid)
         while proc.poll() is None:
-            peak_rss = max(peak_rss, tree_memory_bytes(root, pss=False))
-            if samples % PSS_EVERY == 0:
-                peak_pss = max(peak_pss, tree_memory_bytes(root, pss=True))
+            with_pss = samples % PSS_EVERY == 0
+            memory = tree_memory(root, pss=with_pss)
+            peak_rss = max(peak_rss, memory["rss"])
+            if with_pss and memory["pss"] > at_peak_pss["pss"]:
+                at_peak_pss = memory
             samples += 1
             time.sleep(SAMPLE_INTERVAL_S)
-    return {"code": proc.returncode, "peak_GiB": peak_rss / GIB, "peak_pss_GiB": peak_pss / GIB,
+    breakdown = {
+        f"{kind}_at_pss_peak_GiB": at_peak_pss.get(kind, 0) / GIB for kind in ("anon", "file", "shmem")
+    }
+    return {"code": proc.returncode, "peak_GiB": peak_rss / GIB, "peak_pss_GiB": at_peak_pss["pss"] / GIB,
+            **breakdown, "largest_file_MiB": at_peak_pss.get("largest_file", 0) / 2**20,
             "wall_s": time.perf_counter() - started}  # fmt: skip
 
 
@@ -161,7 +187,8 @@ def measure_sglr(config: RunConfig, executor: str, scratch: Path) -> dict:
 
 
 ROW_DEFAULTS = {
-    "status": "", "samples_per_s": None, "peak_GiB": None, "peak_pss_GiB": None, "train_loss": None,
+    "status": "", "samples_per_s": None, "peak_GiB": None, "peak_pss_GiB": None, "anon_at_pss_peak_GiB": None,
+    "file_at_pss_peak_GiB": None, "shmem_at_pss_peak_GiB": None, "largest_file_MiB": None, "train_loss": None,
     "train_s": None,
     "wall_s": None, "clients_per_actor": None, "version": "", "error": "",
 }  # fmt: skip

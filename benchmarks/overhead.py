@@ -31,6 +31,7 @@ from benchmarks.common import write_results
 from sglr_ray.config import RunConfig
 from sglr_ray.data import prepare_data
 from sglr_ray.execution.driver import make_executor, run_epoch
+from sglr_ray.execution.ray_actors import start_local_ray
 from sglr_ray.measure.energy import NoMeter
 from sglr_ray.methods import METHODS
 
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     parser.add_argument("--name", default="overhead", help="results/benchmarks/<name>.md and .parquet")
     args = parser.parse_args(argv)
-    ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    start_local_ray(log_to_driver=False)
     chain_ms = actor_chain_ms()
     rows = []
     for clients in args.clients:

@@ -36,6 +36,7 @@ from benchmarks.common import PeakBytes, ray_processes_rss_bytes, write_results
 from sglr_ray.config import RunConfig
 from sglr_ray.data import prepare_data
 from sglr_ray.execution.driver import make_executor, run_epoch
+from sglr_ray.execution.ray_actors import start_local_ray
 from sglr_ray.measure.energy import NoMeter
 
 GIB = 2**30
@@ -58,7 +59,7 @@ def measure(name: str, method: str, dataset: str, torch_threads: int) -> dict:
     )  # fmt: skip
     data = prepare_data(config)
     if executor == "ray":
-        ray.init(address="local", include_dashboard=False, log_to_driver=False)
+        start_local_ray(log_to_driver=False)
     memory = (
         (lambda: ray_processes_rss_bytes() + driver_rss_bytes()) if executor == "ray" else driver_rss_bytes
     )

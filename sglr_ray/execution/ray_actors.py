@@ -137,6 +137,25 @@ class ServerActor(_Host):
 _RESTORES = {ClientShard.load_state, Server.load_state}
 
 
+# Ray starts its worker processes at niceness 15 (its `worker_niceness` setting), below
+# the driver and its own daemons, so that busy workers cannot starve them. Here the
+# workers ARE the run's computation, and at 15 every other busy process on the machine
+# takes their CPU first. A multi-thread actor suffers most: its OpenMP threads meet at a
+# barrier after every operation, so one preempted thread stalls them all. With two busy
+# processes at niceness 10 on 2 cores, SSL's server step (2 threads) took 185 ms in its
+# actor at niceness 15 against 14 ms at niceness 0, and 10 ms in process; SSL trained 30
+# samples/s against 249 (benchmarks/profile_steps.py --load 2, results/README.md). An
+# embedded Ray therefore starts its workers at the driver's niceness, unless
+# RAY_worker_niceness says otherwise.
+WORKER_NICENESS_ENV = "RAY_worker_niceness"
+
+
+def start_local_ray(**init_kwargs: Any) -> None:
+    """ray.init of an embedded Ray (no dashboard) whose workers run at the driver's niceness."""
+    os.environ.setdefault(WORKER_NICENESS_ENV, str(os.nice(0)))
+    ray.init(address="local", include_dashboard=False, **init_kwargs)
+
+
 def connect() -> bool:
     """Attach to RAY_ADDRESS when set, else start an embedded Ray. Returns True if we started it."""
     if ray.is_initialized():
@@ -144,7 +163,10 @@ def connect() -> bool:
     address = os.environ.get("RAY_ADDRESS") or "local"
     log.info("ray.init(address=%r)", address)
     with interrupt.keep_stop_handlers():  # ray.init takes SIGTERM over; a run's SIGTERM must stop it
-        ray.init(address=address, log_to_driver=True, include_dashboard=False if address == "local" else None)
+        if address == "local":
+            start_local_ray(log_to_driver=True)
+        else:  # a cluster's workers run at the niceness its nodes were started with
+            ray.init(address=address, log_to_driver=True)
     return address == "local"
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 import ray
 
+from sglr_ray.execution import ray_actors
+
 
 def start_local_ray(**resources) -> None:
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, **resources)
+    ray_actors.start_local_ray(num_cpus=2, log_to_driver=False, **resources)
 
 
 @pytest.fixture(scope="session")

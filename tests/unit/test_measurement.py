@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from sglr_ray.execution import driver
 from sglr_ray.execution.driver import run_experiment
 from sglr_ray.measure import energy
 from sglr_ray.measure.comm import Sizes, comm_time_s, expected_epoch_bytes, paper_epoch_bytes, saving
-from sglr_ray.measure.flops import bottom_step_flops, epoch_flops, top_step_flops
-from sglr_ray.nodes.models import SPLIT_MODELS, state_nbytes
+from sglr_ray.measure.flops import bottom_step_flops, epoch_flops, full_step_flops, top_step_flops
+from sglr_ray.nodes.models import INPUT_SHAPE, SPLIT_MODELS, smashed_shape, state_nbytes
 
 ALEXNET_SMASHED_BYTES = 32 * 16 * 16 * 4
 
@@ -20,6 +24,29 @@ def test_alexnet_client_flops_match_hand_count():
     # same again for the weight gradient (no input gradient on the client).
     per_sample = 2 * (2 * 32 * 25 * 32 * 32)
     assert bottom_step_flops("alexnet", 8) == 8 * per_sample
+
+
+def counted_by_torch(model: nn.Module, x: torch.Tensor, loss: bool) -> int:
+    """torch's own FlopCounterMode over a real training step (forward, loss, backward)."""
+    with FlopCounterMode(display=False) as counter:
+        out = model(x)
+        if loss:
+            F.cross_entropy(out, torch.zeros(x.shape[0], dtype=torch.long)).backward()
+        else:
+            out.backward(torch.ones_like(out))
+    return counter.get_total_flops()
+
+
+@pytest.mark.parametrize("batch", [1, 8])
+@pytest.mark.parametrize("model", list(SPLIT_MODELS))
+def test_flops_from_shapes_match_torch_flop_counter(model, batch):
+    split = SPLIT_MODELS[model]
+    x = torch.zeros(batch, *INPUT_SHAPE)
+    s = torch.zeros(batch, *smashed_shape(model), requires_grad=True)
+    whole = nn.Sequential(split.build_bottom(), split.build_top())
+    assert bottom_step_flops(model, batch) == counted_by_torch(split.build_bottom(), x, loss=False)
+    assert top_step_flops(model, batch) == counted_by_torch(split.build_top(), s, loss=True)
+    assert full_step_flops(model, batch) == counted_by_torch(whole, x, loss=True)
 
 
 @pytest.mark.parametrize("model", list(SPLIT_MODELS))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -96,3 +98,29 @@ def test_byte_ledger_counts_uploads_unicasts_and_one_broadcast(tiny_config):
     # Per step: 2 unicasts + 1 broadcast leave the server.
     assert ledger.server_sent == steps * 3 * smashed_bytes
     assert server.pop_epoch_comm().server_sent == 0  # the ledger starts afresh
+
+
+@pytest.mark.parametrize("method", ["fl", "cl"])
+def test_whole_model_methods_server_holds_no_top_model(tiny_config, method):
+    server = Server(tiny_config(method=method))
+    assert server.tops == [] and server.optimizers == []
+    state = server.state()
+    server.load_state(state)  # a checkpoint of it round-trips
+    assert state == {"tops": [], "optimizers": []}
+
+
+def test_fl_server_leaves_its_process_without_torch_dynamo():
+    """FL's Ray driver holds this server; no optimizer there means no torch._dynamo and Triton."""
+    probe = (
+        "import sys; from sglr_ray.config import RunConfig; from sglr_ray.nodes.server import Server; "
+        "Server(RunConfig(method='{m}', model='alexnet', dataset='synthetic', clients=2)); "
+        "print('torch._dynamo' in sys.modules)"
+    )
+
+    def dynamo_imported(method: str) -> str:
+        run = subprocess.run([sys.executable, "-c", probe.format(m=method)], capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+        return run.stdout.strip()
+
+    imported = {method: dynamo_imported(method) for method in ("fl", "psl")}
+    assert imported == {"fl": "False", "psl": "True"}  # PSL's server has an optimizer: the probe sees it
