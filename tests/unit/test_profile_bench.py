@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import psutil
 import pytest
@@ -66,14 +68,22 @@ def test_subnormal_count_counts_only_subnormals() -> None:
 
 
 def test_tree_memory_splits_rss_by_kind() -> None:
-    kept = torch.ones(64 * 2**20 // 4)  # 64 MiB this process allocated and touched
-    memory = tree_memory(psutil.Process(), pss=True)
+    # A process of its own, without children (pytest's has Ray's daemons below it here).
+    script = "import sys, time; kept = b'1' * (64 << 20); print('ready', flush=True); time.sleep(60)"
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        memory = tree_memory(psutil.Process(child.pid), pss=True)
+        rss_only = tree_memory(psutil.Process(child.pid), pss=False)
+    finally:
+        child.kill()
+        child.wait()
     split = memory["anon"] + memory["file"] + memory["shmem"]
     assert split == pytest.approx(memory["rss"], rel=0.05)
-    assert memory["anon"] > kept.numel() * 4
+    assert memory["anon"] > 64 << 20  # the bytes it wrote
     assert memory["largest_file"] == memory["file"] > 0  # one process: it holds all of it
     assert 0 < memory["pss"] <= memory["rss"] * 1.05
-    assert tree_memory(psutil.Process(), pss=False)["pss"] == 0
+    assert rss_only["pss"] == 0 and rss_only["rss"] > 64 << 20
 
 
 def test_rss_by_mapping_finds_this_process_libraries() -> None:
