@@ -72,11 +72,11 @@ class TimedLocalExecutor(LocalExecutor):
         return result
 
 
-def timed_epoch(ex: Any, config: RunConfig) -> float:
-    """Seconds of one training epoch after a warm-up epoch."""
+def timed_epoch(ex: Any, config: RunConfig, after_warm_up: Callable[[], Any]) -> float:
+    """Seconds of one training epoch after a warm-up epoch; `after_warm_up` runs between the
+    two (to forget the warm-up's timings, or to mark where the timed epoch starts)."""
     run_epoch(ex, config, 0, None, NoMeter())
-    if isinstance(ex, TimedLocalExecutor):
-        ex.durations.clear()
+    after_warm_up()
     started = time.perf_counter()
     run_epoch(ex, config, 1, None, NoMeter())
     return time.perf_counter() - started
@@ -85,7 +85,7 @@ def timed_epoch(ex: Any, config: RunConfig) -> float:
 def local_rows(config: RunConfig, data: PreparedData) -> tuple[list[dict], float, int]:
     """One row per function called; the epoch's seconds and server steps."""
     ex = TimedLocalExecutor(config, data)
-    epoch_s = timed_epoch(ex, config)
+    epoch_s = timed_epoch(ex, config, ex.durations.clear)
     steps = len(ex.durations[Server.train_step.__qualname__])
     rows = [
         {"executor": "local", "call": name, "calls": len(times), "ms": statistics.mean(times),
@@ -133,11 +133,8 @@ def ray_rows(config: RunConfig, data: PreparedData) -> tuple[list[dict], float]:
     try:
         ex = RayExecutor(config, data, run_id="profile")
         try:
-            run_epoch(ex, config, 0, None, NoMeter())
-            since_us = time.time() * 1e6
-            started = time.perf_counter()
-            run_epoch(ex, config, 1, None, NoMeter())
-            epoch_s = time.perf_counter() - started
+            timed_from = {}  # wall clock in microseconds, as the timeline's events
+            epoch_s = timed_epoch(ex, config, lambda: timed_from.update(us=time.time() * 1e6))
             time.sleep(TIMELINE_FLUSH_S)  # before the actors go: their last events are still buffered
             events = ray.timeline()
         finally:
@@ -149,7 +146,7 @@ def ray_rows(config: RunConfig, data: PreparedData) -> tuple[list[dict], float]:
         for e in events
         if e.get("ph") == "X" and e["cat"].startswith(("task::ServerActor.", "task::ClientActor."))
     }
-    tasks = actor_tasks(events, since_us, actor_kinds)
+    tasks = actor_tasks(events, timed_from["us"], actor_kinds)
     gaps = gaps_before(tasks)
     rows = []
     for kind in ("server", "client"):
@@ -176,7 +173,7 @@ def subnormal_rows(config: RunConfig, data: PreparedData) -> list[dict]:
     for flush in (True, False):
         ex = TimedLocalExecutor(config, data)  # configure_process turns flushing on
         torch.set_flush_denormal(flush)
-        epoch_s = timed_epoch(ex, config)
+        epoch_s = timed_epoch(ex, config, ex.durations.clear)
         server_steps = ex.durations[Server.train_step.__qualname__]
         weights = [p.detach() for top in ex.server.tops for p in top.parameters()]
         state = [

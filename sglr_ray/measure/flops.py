@@ -31,10 +31,11 @@ def conv2d_step_flops(layer: nn.Conv2d, x: torch.Tensor, out: torch.Tensor) -> i
     """Forward, gradient of the weights, and of the input where it has one."""
     batch, c_in = x.shape[:2]
     c_out, c_in_per_group, *kernel = layer.weight.shape
-    forward = 2 * batch * math.prod(out.shape[2:]) * math.prod(kernel) * c_out * c_in_per_group
+    per_channel_pair = 2 * batch * math.prod(out.shape[2:]) * math.prod(kernel)
+    forward = per_channel_pair * c_out * c_in_per_group
     # The weight gradient is a convolution of the input with the output gradient over the
     # batch; flop_counter counts it with every input channel, grouped or not.
-    weight_grad = 2 * c_in * math.prod(kernel) * c_out * batch * math.prod(out.shape[2:])
+    weight_grad = per_channel_pair * c_out * c_in
     return forward + weight_grad + (forward if x.requires_grad else 0)
 
 

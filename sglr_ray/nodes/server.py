@@ -62,11 +62,12 @@ class Server:
         # clients' models and counts bytes. That keeps their Ray driver, which holds this
         # server, free of an optimizer, whose first construction imports torch._dynamo and
         # Triton (about 160 MB resident in every process that does it).
-        copies = 0 if self.spec.full_model else config.clients if self.spec.server_copies else 1
-        # Copies start equal: one initial top model, as if handed out by one server.
-        build_top = SPLIT_MODELS[config.model].build_top
-        first = seeded(build_top, config.seed + 1).to(self.device) if copies else None
-        self.tops = [first] + [copy.deepcopy(first) for _ in range(copies - 1)] if copies else []
+        self.tops: list[torch.nn.Module] = []
+        if not self.spec.full_model:
+            copies = config.clients if self.spec.server_copies else 1
+            # Copies start equal: one initial top model, as if handed out by one server.
+            first = seeded(SPLIT_MODELS[config.model].build_top, config.seed + 1).to(self.device)
+            self.tops = [first] + [copy.deepcopy(first) for _ in range(copies - 1)]
         self.optimizers = [
             make_optimizer(t.parameters(), config.optimizer, config.server_lr) for t in self.tops
         ]
