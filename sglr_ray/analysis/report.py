@@ -160,7 +160,33 @@ def _phase(runs: pd.DataFrame) -> list[str]:
     return [
         *_section("Table 3: accuracy by clients C and averaging phase (phi = 1)", cells, note),
         *_paragraphs(*sentences),
+        *_paired_phases(runs),
     ]
+
+
+def _paired_phases(runs: pd.DataFrame) -> list[str]:
+    """Each averaging phase minus averaging throughout, at the same C, alpha, seed and test images."""
+    phased = analysis.completed_runs(runs)
+    phased = phased[phased.method.isin(analysis.GRID_METHODS) & (phased.phi == 1)]
+    rows = {}
+    for alpha, phase in (
+        phased[["alpha", "phase"]].drop_duplicates().sort_values(["alpha", "phase"]).itertuples(index=False)
+    ):
+        if _is_all(phase):
+            continue
+        label = phase if phased.alpha.nunique() == 1 else f"{phase} a={alpha:g}"
+        treatment, control = {"phase": phase, "alpha": alpha}, {"phase": "all", "alpha": alpha}
+        for clients, row in analysis.paired_difference(phased, treatment, control).iterrows():
+            rows[(label, clients)] = row
+    if not rows:
+        return []
+    note = (
+        "Each phase minus averaging throughout (phase all) at the same C, alpha, seed and test images; "
+        "the interval is Student t over the per-seed differences (one pair: none)."
+    )
+    return _paired_section(
+        pd.DataFrame.from_dict(rows, orient="index"), [], "averaging throughout", "all", note
+    )
 
 
 def _is_all(phase: object) -> bool:
@@ -301,26 +327,27 @@ def _paired(runs: pd.DataFrame) -> list[str]:
             rows[(label, clients)] = row
     if not rows:
         return []
-    return _paired_section(pd.DataFrame.from_dict(rows, orient="index"), skipped)
+    note = (
+        f"Each setting minus {PLAIN.upper()} at the same C, the same seed and the same test images; "
+        "the interval is Student t over the per-seed differences (one pair: none)."
+    )
+    return _paired_section(pd.DataFrame.from_dict(rows, orient="index"), skipped, PLAIN.upper(), PLAIN, note)
 
 
 def _method_settings(frame: pd.DataFrame) -> list[str]:
     return [k for k in analysis.setting_keys(frame) if k not in analysis.SETTING]
 
 
-def _paired_section(table: pd.DataFrame, skipped: list[str]) -> list[str]:
+def _paired_section(
+    table: pd.DataFrame, skipped: list[str], control: str, column: str, note: str
+) -> list[str]:
     table.index = pd.MultiIndex.from_tuples(table.index, names=["setting", "C"])
     shown = pd.DataFrame({
-        "pairs": table.n.astype(int), "setting %": table.treatment, f"{PLAIN} %": table.control,
+        "pairs": table.n.astype(int), "setting %": table.treatment, f"{column} %": table.control,
         "difference": table["diff"],
         "95% interval": [_interval(lo, hi) for lo, hi in zip(table.low, table.high, strict=True)],
     })  # fmt: skip
-    title = f"Paired differences against {PLAIN.upper()} (accuracy points)"
-    note = (
-        f"Each setting minus {PLAIN.upper()} at the same C, the same seed and the same test images; "
-        "the interval is Student t over the per-seed differences (one pair: none)."
-    )
-    shown = _section(title, shown, note, decimals=2)  # accuracy points
+    shown = _section(f"Paired differences against {control} (accuracy points)", shown, note, decimals=2)
     return [*shown, *_paragraphs(*(f"Not paired: {s}" for s in skipped))]
 
 

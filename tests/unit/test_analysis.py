@@ -278,6 +278,21 @@ def test_report_sections_per_workload_skip_single_c_grids(tmp_path):
     assert not list(plots.glob("accuracy_vs_clients*"))
 
 
+def test_report_pairs_each_phase_with_averaging_throughout(tmp_path):
+    accs = {"all": (0.80, 0.81), "initial:0.4": (0.82, 0.84), "final:0.4": (0.79, 0.79)}
+    runs = [
+        run_row(f"{phase}-s{seed}", clients=4, alpha=1.0, phi=1.0, phase=phase, seed=seed, final_test_acc=acc)
+        for phase, per_seed in accs.items()
+        for seed, acc in enumerate(per_seed)
+    ]
+    text = write_report(write_results(tmp_path / "p", runs)).read_text()
+    assert "### Paired differences against averaging throughout" in text
+    # Per-seed differences 2 and 3 points: mean 2.5, 95% half-width t(1) * 0.707 / sqrt(2) = 6.35.
+    assert "| initial:0.4 | 4 | 2 | 83.00 | 80.50 | 2.50 | [-3.85, +8.85] |" in text
+    assert "| final:0.4 | 4 | 2 | 79.00 | 80.50 | -1.50 | [-7.85, +4.85] |" in text
+    assert "| all | 4 |" not in text and "Paired differences against PSL" not in text
+
+
 def test_report_with_no_completed_runs(tmp_path):
     out = write_results(tmp_path / "empty", [run_row("r", status="running", final_test_acc=None)])
     text = write_report(out).read_text()
