@@ -1,6 +1,7 @@
 """The report's plots: validation accuracy per epoch, final accuracy against C with 95%
-intervals, and bytes and PFLOPs per client. Each is a matplotlib Figure (no pyplot, so no
-display is needed: PNGs render with Agg) written atomically under `<report dir>/plots`.
+intervals, each setting's paired difference from PSL against C, and bytes and PFLOPs per
+client. Each is a matplotlib Figure (no pyplot, so no display is needed: PNGs render with Agg)
+written atomically under `<report dir>/plots`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ def write_plots(runs: pd.DataFrame, epochs: pd.DataFrame, directory: Path, suffi
     for name, title, draw in [
         ("accuracy_per_epoch", "Validation accuracy per epoch", lambda: plot_epochs(epochs)),
         ("accuracy_vs_clients", "Final test accuracy against clients", lambda: plot_clients(runs)),
+        ("difference_vs_clients", "Paired difference from PSL against clients", lambda: plot_paired(runs)),
         ("costs_per_client", "Bytes and PFLOPs per client", lambda: plot_costs(runs)),
     ]:
         figure = draw()
@@ -75,6 +77,40 @@ def plot_clients(runs: pd.DataFrame) -> Figure | None:
     axes.set_title("Accuracy against C: mean over seeds, bars 95% interval (Student t)")
     axes.set_xticks(clients, [str(c) for c in clients])
     _legend(axes, frame.setting.nunique())
+    return figure
+
+
+def plot_paired(runs: pd.DataFrame) -> Figure | None:
+    """Each setting minus PSL (same C, seed and test images) against C, with the paired 95%
+    interval as error bars: the seed-to-seed spread that both sides share cancels, so these bars
+    are the ones that say whether a setting helps. None unless some setting pairs at two or more C."""
+    table, _ = analysis.paired_with_plain(runs) if not runs.empty else (pd.DataFrame(), [])
+    if table.empty or table.reset_index().groupby("setting").C.nunique().max() < 2:
+        return None
+    figure = Figure(figsize=(8, 5), layout="constrained")
+    axes = figure.subplots()
+    settings = table.index.unique("setting")
+    for number, setting in enumerate(settings):
+        line = table.xs(setting, level="setting").sort_index()
+        style = ("-", "--", ":", "-.")[number // 10 % 4]
+        below, above = (line["diff"] - line.low).fillna(0), (line.high - line["diff"]).fillna(0)
+        dodge = 10 ** (0.01 * (number - (len(settings) - 1) / 2))
+        axes.errorbar(
+            line.index * dodge,
+            line["diff"],
+            yerr=[below, above],
+            marker="o",
+            linestyle=style,
+            capsize=3,
+            label=setting,
+        )
+    axes.axhline(0.0, color="black", linewidth=0.8)
+    clients = sorted(table.index.unique("C"))
+    axes.set(xlabel="clients C", ylabel=f"minus {analysis.PLAIN.upper()} (accuracy points)", xscale="log")
+    axes.xaxis.set_minor_locator(NullLocator())
+    axes.set_title(f"Paired difference from {analysis.PLAIN.upper()}: mean over seeds, bars 95% interval")
+    axes.set_xticks(clients, [str(c) for c in clients])
+    _legend(axes, len(settings))
     return figure
 
 

@@ -29,7 +29,6 @@ from sglr_ray.results.atomic import atomic_path
 
 __all__ = ["collapse_stats", "write_report"]
 # The plain split engine, every knob off: PSL, the paper's baseline for SplitLr and SplitAvg.
-PLAIN = analysis.effective_method(analysis.GRID_METHODS[0], 0.0, 0.0)
 PAPER = analysis.paper_reference()
 CI_NOTE = "half-width of the 95% confidence interval (Student t, n - 1 degrees of freedom)"
 PAPER_NOTE = "The paper's figures (Fashion-MNIST; ResNet-16 in Tables 1-2, AlexNet, 5 clients in Table 4):"
@@ -184,9 +183,9 @@ def _paired_phases(runs: pd.DataFrame) -> list[str]:
         "Each phase minus averaging throughout (phase all) at the same C, alpha, seed and test images; "
         "the interval is Student t over the per-seed differences (one pair: none)."
     )
-    return _paired_section(
-        pd.DataFrame.from_dict(rows, orient="index"), [], "averaging throughout", "all", note
-    )
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index = pd.MultiIndex.from_tuples(table.index, names=["setting", "C"])
+    return _paired_section(table, [], "averaging throughout", "all", note)
 
 
 def _is_all(phase: object) -> bool:
@@ -308,40 +307,21 @@ def collapse_stats(table: pd.DataFrame) -> tuple[pd.DataFrame, str]:
 
 def _paired(runs: pd.DataFrame) -> list[str]:
     """Every other setting minus the plain split engine (PSL) at the same C, seed and test images."""
-    frame = analysis.method_comparison(runs).reset_index()
-    control = {"method": PLAIN, "phase": "all"}
-    if frame.empty or not frame.method.eq(PLAIN).any():
+    table, skipped = analysis.paired_with_plain(runs)
+    if table.empty:
         return []
-    keys = [k for k in frame.columns if k in analysis.SETTING and k != "C"] + _method_settings(frame)
-    rows, skipped = {}, []
-    for setting in frame[keys].drop_duplicates().to_dict("records"):
-        if setting["method"] == PLAIN:
-            continue
-        label = analysis.setting_labels(pd.DataFrame([setting]).assign(C=None), with_clients=False)[0]
-        try:
-            table = analysis.paired_difference(runs, setting, control, by=["clients"])
-        except analysis.AmbiguousPairError as ex:
-            skipped.append(f"{label}: {ex}")
-            continue
-        for clients, row in table.iterrows():
-            rows[(label, clients)] = row
-    if not rows:
-        return []
+    plain = analysis.PLAIN
     note = (
-        f"Each setting minus {PLAIN.upper()} at the same C, the same seed and the same test images; "
+        f"Each setting minus {plain.upper()} at the same C, the same seed and the same test images; "
         "the interval is Student t over the per-seed differences (one pair: none)."
     )
-    return _paired_section(pd.DataFrame.from_dict(rows, orient="index"), skipped, PLAIN.upper(), PLAIN, note)
-
-
-def _method_settings(frame: pd.DataFrame) -> list[str]:
-    return [k for k in analysis.setting_keys(frame) if k not in analysis.SETTING]
+    return _paired_section(table, skipped, plain.upper(), plain, note)
 
 
 def _paired_section(
     table: pd.DataFrame, skipped: list[str], control: str, column: str, note: str
 ) -> list[str]:
-    table.index = pd.MultiIndex.from_tuples(table.index, names=["setting", "C"])
+    """`table`: paired_difference's columns indexed by (setting, C)."""
     shown = pd.DataFrame({
         "pairs": table.n.astype(int), "setting %": table.treatment, f"{column} %": table.control,
         "difference": table["diff"],

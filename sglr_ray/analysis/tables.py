@@ -55,13 +55,13 @@ from sglr_ray.analysis.runs import (
 from sglr_ray.analysis.stats import paired_summary, summarise
 
 __all__ = [
-    "GRID_METHODS", "MB", "SETTING", "STATS", "AmbiguousPairError", "MixedWorkloadError",
+    "GRID_METHODS", "MB", "PLAIN", "SETTING", "STATS", "AmbiguousPairError", "MixedWorkloadError",
     "accuracy_by_clients_alpha", "accuracy_by_clients_phi", "accuracy_by_phase", "accuracy_per_epoch",
     "best_per_method", "communication_per_epoch", "compare_with_paper", "completed_runs", "convergence",
     "drops_with_clients", "effective_method", "gain_over", "leakage_by_phi", "load_epochs",
-    "load_leakage", "load_runs", "means", "method_comparison", "paired_difference", "paper_reference",
-    "server_saving", "setting_label", "setting_labels", "split_workloads", "workload_columns",
-    "workload_label",
+    "load_leakage", "load_runs", "means", "method_comparison", "paired_difference", "paired_with_plain",
+    "paper_reference", "server_saving", "setting_label", "setting_labels", "split_workloads",
+    "workload_columns", "workload_label",
 ]  # fmt: skip
 
 MB = 1e6
@@ -296,3 +296,39 @@ def paired_difference(
         _one_per_pair(runs[picked_c], keys, "control"), on=keys, how="inner"
     )
     return paired_summary(pairs, by)
+
+
+# The plain split engine: what every grid method computes with alpha 0 and phi 0 (PSL).
+PLAIN = effective_method(GRID_METHODS[0], 0.0, 0.0)
+
+
+def paired_with_plain(runs: Source) -> tuple[pd.DataFrame, list[str]]:
+    """Every other setting minus PLAIN (PSL) at the same C, seed and test images.
+
+    Returns the paired_difference columns indexed by (setting label, C), empty when the runs have
+    no PLAIN run or nothing pairs with one, and a line per setting that could not be paired.
+    """
+    runs = completed_runs(runs)
+    frame = method_comparison(runs).reset_index()
+    if frame.empty or not frame.method.eq(PLAIN).any():
+        return pd.DataFrame(), []
+    control = {"method": PLAIN, "phase": "all"}
+    method_settings = [k for k in setting_keys(frame) if k not in SETTING]
+    keys = [k for k in frame.columns if k in SETTING and k != "C"] + method_settings
+    rows, skipped = {}, []
+    for setting in frame[keys].drop_duplicates().to_dict("records"):
+        if setting["method"] == PLAIN:
+            continue
+        label = setting_labels(pd.DataFrame([setting]).assign(C=None), with_clients=False)[0]
+        try:
+            table = paired_difference(runs, setting, control, by=["clients"])
+        except AmbiguousPairError as ex:
+            skipped.append(f"{label}: {ex}")
+            continue
+        for clients, row in table.iterrows():
+            rows[(label, clients)] = row
+    if not rows:
+        return pd.DataFrame(), skipped
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index = pd.MultiIndex.from_tuples(table.index, names=["setting", "C"])
+    return table, skipped

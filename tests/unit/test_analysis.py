@@ -254,7 +254,7 @@ def test_report_of_a_grid(grid_out):
     assert "| sglr a=1 phi=0.5 | 10 | 2 | 84.50 | 82.00 | 2.50 | [+2.50, +2.50] |" in text
     assert "| 82.45 | 82.45 | 82.45 | 82.45 | 82.45 |" in text  # the paper's C = 1 row
     assert "Accuracy rises with C for every alpha: yes; in the paper: no (alpha=2 falls" in text
-    for name in ("accuracy_per_epoch", "accuracy_vs_clients", "costs_per_client"):
+    for name in ("accuracy_per_epoch", "accuracy_vs_clients", "difference_vs_clients", "costs_per_client"):
         assert f"(plots/{name}.png)" in text
         assert_png(grid_out / "plots" / f"{name}.png")
     assert not [p for p in grid_out.rglob(".*") if p.is_file()]  # no temporary files left
@@ -275,7 +275,7 @@ def test_report_sections_per_workload_skip_single_c_grids(tmp_path):
     for number in (1, 2):
         assert_png(plots / f"costs_per_client-{number}.png")
         assert f"(plots/accuracy_per_epoch-{number}.png)" in text
-    assert not list(plots.glob("accuracy_vs_clients*"))
+    assert not list(plots.glob("accuracy_vs_clients*")) and not list(plots.glob("difference_vs_clients*"))
 
 
 def test_report_pairs_each_phase_with_averaging_throughout(tmp_path):
