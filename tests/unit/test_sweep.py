@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from sglr_ray import cli
@@ -70,3 +72,18 @@ def test_parallel_sweep_runs_in_separate_processes(tmp_path):
     done = sweep.run_sweep(configs, parallel=2)
     assert sorted(done) == sorted(c.run_id for c in configs)
     assert sweep.completed_runs(str(tmp_path / "out")) == set(done)
+
+
+GRIDS = Path(__file__).resolve().parents[2] / "results" / "grids"
+
+
+@pytest.mark.parametrize("grid", sorted(p.name for p in GRIDS.glob("*.yaml")))
+def test_committed_grids_expand_and_name_their_results(grid, capsys, monkeypatch):
+    """Every grid in results/grids still expands under today's settings (a renamed or newly
+    checked setting would break the command that resumes it), and its dry run lists run files
+    under the grid's own output folder."""
+    monkeypatch.chdir(GRIDS.parents[1])  # grids name their output folders from the repository root
+    assert cli.run_grid(GRIDS / grid, parallel=1, dry_run=True) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert listed and all(line.split()[0] in ("todo", "done") for line in listed)
+    assert all("/runs/" in line and line.endswith(".parquet") for line in listed)
