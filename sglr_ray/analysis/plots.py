@@ -7,6 +7,7 @@ written atomically under `<report dir>/plots`.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from matplotlib.figure import Figure
@@ -61,23 +62,13 @@ def plot_clients(runs: pd.DataFrame) -> Figure | None:
     frame = frame.assign(setting=analysis.setting_labels(frame, with_clients=False))
     if frame.groupby("setting").C.nunique().max() < 2:  # the question is how accuracy moves with C
         return None
-    figure = Figure(figsize=(8, 5), layout="constrained")
-    axes = figure.subplots()
-    lines = frame.groupby("setting", sort=False)
-    for number, (setting, line) in enumerate(lines):
+    lines = []
+    for setting, line in frame.groupby("setting", sort=False):
         line = line.sort_values("C")
-        style = ("-", "--", ":", "-.")[number // 10 % 4]
         bars = line.acc_ci95.fillna(0)  # one seed: no interval to draw
-        dodge = 10 ** (0.01 * (number - (len(lines) - 1) / 2))  # settings at one C: bars side by side
-        x = line.C * dodge
-        axes.errorbar(x, line.acc, yerr=bars, marker="o", linestyle=style, capsize=3, label=setting)
-    clients = sorted(frame.C.unique())
-    axes.set(xlabel="clients C", ylabel="final test accuracy (%)", xscale="log")
-    axes.xaxis.set_minor_locator(NullLocator())  # a log axis would label 3 x 10^0 between C = 2 and 4
-    axes.set_title("Accuracy against C: mean over seeds, bars 95% interval (Student t)")
-    axes.set_xticks(clients, [str(c) for c in clients])
-    _legend(axes, frame.setting.nunique())
-    return figure
+        lines.append((setting, line.C, line.acc, bars))
+    title = "Accuracy against C: mean over seeds, bars 95% interval (Student t)"
+    return _against_clients(lines, "final test accuracy (%)", title)
 
 
 def plot_paired(runs: pd.DataFrame) -> Figure | None:
@@ -87,30 +78,31 @@ def plot_paired(runs: pd.DataFrame) -> Figure | None:
     table, _ = analysis.paired_with_plain(runs) if not runs.empty else (pd.DataFrame(), [])
     if table.empty or table.reset_index().groupby("setting").C.nunique().max() < 2:
         return None
+    lines = []
+    for setting in table.index.unique("setting"):
+        line = table.xs(setting, level="setting").sort_index()
+        below, above = (line["diff"] - line.low).fillna(0), (line.high - line["diff"]).fillna(0)
+        lines.append((setting, line.index, line["diff"], [below, above]))
+    plain = analysis.PLAIN.upper()
+    title = f"Paired difference from {plain}: mean over seeds, bars 95% interval"
+    figure = _against_clients(lines, f"minus {plain} (accuracy points)", title)
+    figure.axes[0].axhline(0.0, color="black", linewidth=0.8)
+    return figure
+
+
+def _against_clients(lines: list[tuple[str, Any, pd.Series, Any]], ylabel: str, title: str) -> Figure:
+    """One line with error bars per (label, C values, y, yerr) on a log C axis that names each C."""
     figure = Figure(figsize=(8, 5), layout="constrained")
     axes = figure.subplots()
-    settings = table.index.unique("setting")
-    for number, setting in enumerate(settings):
-        line = table.xs(setting, level="setting").sort_index()
+    for number, (setting, clients, y, bars) in enumerate(lines):
         style = ("-", "--", ":", "-.")[number // 10 % 4]
-        below, above = (line["diff"] - line.low).fillna(0), (line.high - line["diff"]).fillna(0)
-        dodge = 10 ** (0.01 * (number - (len(settings) - 1) / 2))
-        axes.errorbar(
-            line.index * dodge,
-            line["diff"],
-            yerr=[below, above],
-            marker="o",
-            linestyle=style,
-            capsize=3,
-            label=setting,
-        )
-    axes.axhline(0.0, color="black", linewidth=0.8)
-    clients = sorted(table.index.unique("C"))
-    axes.set(xlabel="clients C", ylabel=f"minus {analysis.PLAIN.upper()} (accuracy points)", xscale="log")
-    axes.xaxis.set_minor_locator(NullLocator())
-    axes.set_title(f"Paired difference from {analysis.PLAIN.upper()}: mean over seeds, bars 95% interval")
+        dodge = 10 ** (0.01 * (number - (len(lines) - 1) / 2))  # settings at one C: bars side by side
+        axes.errorbar(clients * dodge, y, yerr=bars, marker="o", linestyle=style, capsize=3, label=setting)
+    clients = sorted({c for _, line_clients, _, _ in lines for c in line_clients})
+    axes.set(xlabel="clients C", ylabel=ylabel, xscale="log", title=title)
+    axes.xaxis.set_minor_locator(NullLocator())  # a log axis would label 3 x 10^0 between C = 2 and 4
     axes.set_xticks(clients, [str(c) for c in clients])
-    _legend(axes, len(settings))
+    _legend(axes, len(lines))
     return figure
 
 

@@ -28,7 +28,6 @@ from sglr_ray.analysis.tables import means
 from sglr_ray.results.atomic import atomic_path
 
 __all__ = ["collapse_stats", "write_report"]
-# The plain split engine, every knob off: PSL, the paper's baseline for SplitLr and SplitAvg.
 PAPER = analysis.paper_reference()
 CI_NOTE = "half-width of the 95% confidence interval (Student t, n - 1 degrees of freedom)"
 PAPER_NOTE = "The paper's figures (Fashion-MNIST; ResNet-16 in Tables 1-2, AlexNet, 5 clients in Table 4):"
@@ -165,27 +164,9 @@ def _phase(runs: pd.DataFrame) -> list[str]:
 
 def _paired_phases(runs: pd.DataFrame) -> list[str]:
     """Each averaging phase minus averaging throughout, at the same C, alpha, seed and test images."""
-    phased = analysis.completed_runs(runs)
-    phased = phased[phased.method.isin(analysis.GRID_METHODS) & (phased.phi == 1)]
-    rows = {}
-    for alpha, phase in (
-        phased[["alpha", "phase"]].drop_duplicates().sort_values(["alpha", "phase"]).itertuples(index=False)
-    ):
-        if _is_all(phase):
-            continue
-        label = phase if phased.alpha.nunique() == 1 else f"{phase} a={alpha:g}"
-        treatment, control = {"phase": phase, "alpha": alpha}, {"phase": "all", "alpha": alpha}
-        for clients, row in analysis.paired_difference(phased, treatment, control).iterrows():
-            rows[(label, clients)] = row
-    if not rows:
-        return []
-    note = (
-        "Each phase minus averaging throughout (phase all) at the same C, alpha, seed and test images; "
-        "the interval is Student t over the per-seed differences (one pair: none)."
-    )
-    table = pd.DataFrame.from_dict(rows, orient="index")
-    table.index = pd.MultiIndex.from_tuples(table.index, names=["setting", "C"])
-    return _paired_section(table, [], "averaging throughout", "all", note)
+    table = analysis.paired_with_throughout(runs)
+    what = "Each phase minus averaging throughout (phase all) at the same C, alpha, seed and test images"
+    return _paired_section(table, [], "averaging throughout", "all", what) if not table.empty else []
 
 
 def _is_all(phase: object) -> bool:
@@ -308,25 +289,21 @@ def collapse_stats(table: pd.DataFrame) -> tuple[pd.DataFrame, str]:
 def _paired(runs: pd.DataFrame) -> list[str]:
     """Every other setting minus the plain split engine (PSL) at the same C, seed and test images."""
     table, skipped = analysis.paired_with_plain(runs)
-    if table.empty:
-        return []
     plain = analysis.PLAIN
-    note = (
-        f"Each setting minus {plain.upper()} at the same C, the same seed and the same test images; "
-        "the interval is Student t over the per-seed differences (one pair: none)."
-    )
-    return _paired_section(table, skipped, plain.upper(), plain, note)
+    what = f"Each setting minus {plain.upper()} at the same C, the same seed and the same test images"
+    return _paired_section(table, skipped, plain.upper(), plain, what) if not table.empty else []
 
 
 def _paired_section(
-    table: pd.DataFrame, skipped: list[str], control: str, column: str, note: str
+    table: pd.DataFrame, skipped: list[str], control: str, column: str, what: str
 ) -> list[str]:
-    """`table`: paired_difference's columns indexed by (setting, C)."""
+    """`table`: paired_difference's columns indexed by (setting, C); `what` says what it subtracts."""
     shown = pd.DataFrame({
         "pairs": table.n.astype(int), "setting %": table.treatment, f"{column} %": table.control,
         "difference": table["diff"],
         "95% interval": [_interval(lo, hi) for lo, hi in zip(table.low, table.high, strict=True)],
     })  # fmt: skip
+    note = f"{what}; the interval is Student t over the per-seed differences (one pair: none)."
     shown = _section(f"Paired differences against {control} (accuracy points)", shown, note, decimals=2)
     return [*shown, *_paragraphs(*(f"Not paired: {s}" for s in skipped))]
 

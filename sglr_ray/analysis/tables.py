@@ -60,8 +60,8 @@ __all__ = [
     "best_per_method", "communication_per_epoch", "compare_with_paper", "completed_runs", "convergence",
     "drops_with_clients", "effective_method", "gain_over", "leakage_by_phi", "load_epochs",
     "load_leakage", "load_runs", "means", "method_comparison", "paired_difference", "paired_with_plain",
-    "paper_reference", "server_saving", "setting_label", "setting_labels", "split_workloads",
-    "workload_columns", "workload_label",
+    "paired_with_throughout", "paper_reference", "server_saving", "setting_label", "setting_labels",
+    "split_workloads", "workload_columns", "workload_label",
 ]  # fmt: skip
 
 MB = 1e6
@@ -325,10 +325,30 @@ def paired_with_plain(runs: Source) -> tuple[pd.DataFrame, list[str]]:
         except AmbiguousPairError as ex:
             skipped.append(f"{label}: {ex}")
             continue
-        for clients, row in table.iterrows():
-            rows[(label, clients)] = row
+        rows.update({(label, clients): row for clients, row in table.iterrows()})
+    return _by_setting_and_clients(rows), skipped
+
+
+def paired_with_throughout(runs: Source) -> pd.DataFrame:
+    """Each averaging phase minus averaging throughout (phase "all"), both with phi = 1, at the
+    same C, alpha, seed and test images: Table 3's comparison. The paired_difference columns
+    indexed by (phase label, C); empty when nothing pairs."""
+    runs = completed_runs(runs)
+    phased = runs[runs.method.isin(GRID_METHODS) & (runs.phi == 1)]
+    settings = phased[["alpha", "phase"]].drop_duplicates().sort_values(["alpha", "phase"])
+    rows = {}
+    for alpha, phase in settings.itertuples(index=False):
+        if phase == "all":
+            continue
+        label = phase if phased.alpha.nunique() == 1 else f"{phase} a={alpha:g}"
+        table = paired_difference(phased, {"phase": phase, "alpha": alpha}, {"phase": "all", "alpha": alpha})
+        rows.update({(label, clients): row for clients, row in table.iterrows()})
+    return _by_setting_and_clients(rows)
+
+
+def _by_setting_and_clients(rows: dict[tuple[str, int], pd.Series]) -> pd.DataFrame:
     if not rows:
-        return pd.DataFrame(), skipped
+        return pd.DataFrame()
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index = pd.MultiIndex.from_tuples(table.index, names=["setting", "C"])
-    return table, skipped
+    return table
