@@ -38,6 +38,7 @@ import ray
 import torch
 
 from benchmarks.common import write_results
+from benchmarks.overhead import actor_chain_ms
 from sglr_ray.config import RunConfig
 from sglr_ray.data import prepare_data
 from sglr_ray.execution.placement import shard_clients
@@ -196,48 +197,6 @@ def measure(mode: str, config: RunConfig, data: Any, method: str, warmup: int) -
     }  # fmt: skip
 
 
-@ray.remote(num_cpus=0)
-class _Relay:
-    def make(self, _: object) -> Any:
-        import torch
-
-        return torch.zeros(8, 32, 16, 16)
-
-    def pass_on(self, value: Any) -> Any:
-        return value
-
-
-def chain_ms(compiled: bool, chains: int = 200) -> float:
-    """Milliseconds per chain of three calls (a.make -> b.pass_on -> a.pass_on) passing an
-    8 x 32 x 16 x 16 tensor, four in flight, with nothing to compute."""
-    a, b = _Relay.remote(), _Relay.remote()
-    if compiled:
-        from ray.dag import InputNode
-
-        with InputNode() as start:
-            graph = a.pass_on.bind(b.pass_on.bind(a.make.bind(start))).experimental_compile()
-        submit = graph.execute
-    else:
-
-        def submit(chain: int) -> Any:
-            return a.pass_on.remote(b.pass_on.remote(a.make.remote(chain)))
-
-    ray.get(submit(0))
-    started, in_flight = time.perf_counter(), deque()
-    for chain in range(chains):
-        in_flight.append(submit(chain))
-        if len(in_flight) > IN_FLIGHT:
-            ray.get(in_flight.popleft())
-    while in_flight:
-        ray.get(in_flight.popleft())
-    elapsed = time.perf_counter() - started
-    if compiled:
-        graph.teardown()
-    for actor in (a, b):
-        ray.kill(actor)
-    return elapsed / chains * 1000
-
-
 MODES = ("in process", "ray tasks", "ray compiled graph")
 # Columns given as the median over the repeats.
 MEDIANS = ("samples_per_s", "step_ms", "wall_s", "driver_cpu_s", "server_cpu_s", "shards_cpu_s")
@@ -258,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     start_local_ray(log_to_driver=False)
     logging.getLogger("ray.dag.compiled_dag_node").setLevel(logging.WARNING)  # a line per teardown
-    floors = {"ray tasks": chain_ms(compiled=False), "ray compiled graph": chain_ms(compiled=True)}
+    floors = {"ray tasks": actor_chain_ms(), "ray compiled graph": actor_chain_ms(compiled=True)}
     rows = []
     for method in args.methods:
         config = RunConfig(

@@ -23,6 +23,7 @@ import argparse
 import statistics
 import sys
 import time
+from typing import Any
 
 import ray
 import torch
@@ -56,25 +57,41 @@ def samples_per_s(config: RunConfig, data, epochs: int) -> tuple[float, float]:
 
 @ray.remote(num_cpus=0)
 class _Relay:
-    def make(self) -> torch.Tensor:
+    def make(self, _: object = None) -> torch.Tensor:
         return torch.zeros(8, 32, 16, 16)
 
     def pass_on(self, value: torch.Tensor) -> torch.Tensor:
         return value
 
 
-def actor_chain_ms(chains: int = 200) -> float:
+def actor_chain_ms(chains: int = 200, compiled: bool = False) -> float:
     """Milliseconds per chain of three actor calls (a.make -> b.pass_on -> a.pass_on),
-    four chains in flight as in the driver's loop."""
+    four chains in flight as in the driver's loop; with `compiled`, as a Ray compiled
+    graph (benchmarks/compiled_steps.py) instead of actor tasks."""
     a, b = _Relay.remote(), _Relay.remote()
     ray.get([a.make.remote(), b.make.remote()])
+    if compiled:
+        from ray.dag import InputNode
+
+        with InputNode() as start:
+            graph = a.pass_on.bind(b.pass_on.bind(a.make.bind(start))).experimental_compile()
+        submit = graph.execute
+    else:
+
+        def submit(chain: int) -> Any:
+            return a.pass_on.remote(b.pass_on.remote(a.make.remote(chain)))
+
+    ray.get(submit(0))  # warm-up: a compiled graph's first execution sets its channels up
     started, in_flight = time.perf_counter(), []
-    for _ in range(chains):
-        in_flight.append(a.pass_on.remote(b.pass_on.remote(a.make.remote())))
+    for chain in range(chains):
+        in_flight.append(submit(chain))
         if len(in_flight) > 4:
             ray.get(in_flight.pop(0))
-    ray.get(in_flight)
+    for ref in in_flight:
+        ray.get(ref)
     elapsed = time.perf_counter() - started
+    if compiled:
+        graph.teardown()
     for actor in (a, b):
         ray.kill(actor)
     return elapsed / chains * 1000
