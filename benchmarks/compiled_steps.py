@@ -13,9 +13,9 @@ The step is the engine's: real ClientShard and Server objects and their
 forward_batch -> train_step -> apply_gradient, four steps in flight as in the
 driver's loop, on single-thread shards (one per CPU) and a server with a thread
 per CPU, as the Ray executor places them. `ssl` is one client's turn: one shard
-takes part. Every way runs the same steps from the same seed; `loss_diff` is the
-largest difference from the in-process losses over the steps (the shards run one
-thread on Ray, every core in process, so the last bits may differ).
+takes part. Every way runs the same steps from the same seed, each object with
+the same thread count (in process too), and `loss_diff`, the largest difference
+from the in-process losses over the steps, is 0 when they agree to the last bit.
 
   .venv/bin/python -m benchmarks.compiled_steps
 """
@@ -41,13 +41,12 @@ from benchmarks.common import write_results
 from benchmarks.overhead import actor_chain_ms
 from sglr_ray.config import RunConfig
 from sglr_ray.data import prepare_data
+from sglr_ray.execution.driver import MAX_STEPS_IN_FLIGHT
 from sglr_ray.execution.placement import shard_clients
 from sglr_ray.execution.process import configure_process
 from sglr_ray.execution.ray_actors import start_local_ray
 from sglr_ray.nodes.client import ClientShard, client_partitions
 from sglr_ray.nodes.server import Server
-
-IN_FLIGHT = 4  # driver.MAX_STEPS_IN_FLIGHT
 
 
 class Holder:
@@ -135,7 +134,7 @@ def cpu_seconds(pids: list[int]) -> list[float]:
 def run_steps(
     submit: Callable[[int], Any], get: Callable[[Any], list], steps: int, warmup: int, pids: list[int]
 ) -> tuple[list[float], float, list[float]]:
-    """Run `steps` steps, IN_FLIGHT at a time. Returns every step's loss, and the wall seconds
+    """Run `steps` steps, MAX_STEPS_IN_FLIGHT at a time. Returns every step's loss, and the wall seconds
     and each process's CPU seconds (`pids`) of the steps after the first `warmup`."""
     losses, in_flight, started, cpu_before = [], deque(), 0.0, []
     for step in range(steps):
@@ -144,7 +143,7 @@ def run_steps(
                 losses.append(get(in_flight.popleft())[0].loss)
             started, cpu_before = time.perf_counter(), cpu_seconds(pids)
         in_flight.append(submit(step))
-        if len(in_flight) > IN_FLIGHT:
+        if len(in_flight) > MAX_STEPS_IN_FLIGHT:
             losses.append(get(in_flight.popleft())[0].loss)
     while in_flight:
         losses.append(get(in_flight.popleft())[0].loss)
