@@ -28,6 +28,13 @@ CASES = {
     "sfl-alexnet": {"method": "sfl"},
     "ssl-alexnet": {"method": "ssl"},
     "fl-alexnet": {"method": "fl"},
+    "cl-alexnet": {"method": "cl"},
+    "psl-alexnet": {"method": "psl"},
+    "slr-alexnet": {"method": "slr", "alpha": 1.0},
+    "sflv1-alexnet": {"method": "sflv1"},
+    "cyclesl-alexnet": {"method": "cyclesl", "phi": 0.5},
+    "gpsl-alexnet": {"method": "gpsl", "global_batch_size": 24},
+    "sglr-resnet16": {"method": "sglr", "model": "resnet16", "alpha": 1.0, "phi": 0.5},
 }
 
 
