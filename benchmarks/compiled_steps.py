@@ -41,7 +41,7 @@ from benchmarks.common import write_results
 from benchmarks.overhead import actor_chain_ms
 from sglr_ray.config import RunConfig
 from sglr_ray.data import prepare_data
-from sglr_ray.execution.driver import MAX_STEPS_IN_FLIGHT
+from sglr_ray.execution.engine import MAX_STEPS_IN_FLIGHT
 from sglr_ray.execution.placement import shard_clients
 from sglr_ray.execution.process import configure_process
 from sglr_ray.execution.ray_actors import start_local_ray

@@ -205,7 +205,7 @@ def start_load(processes: int) -> list[subprocess.Popen]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    split_methods = [name for name, spec in METHODS.items() if not spec.full_model]
+    split_methods = [name for name, spec in METHODS.items() if not spec.client.whole_model]
     parser.add_argument("--method", default="ssl", choices=split_methods)
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--model", default="alexnet")

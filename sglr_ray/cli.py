@@ -41,8 +41,9 @@ from sglr_ray.config import (
     setting_type,
 )
 from sglr_ray.data import DatasetNotFoundError, download_fashion_mnist, find_fashion_mnist
+from sglr_ray.epochs import EpochResult, RunOutcome
 from sglr_ray.errors import ActorOutOfMemoryError, PlacementError
-from sglr_ray.execution.driver import EpochResult, RunOutcome, run_experiment
+from sglr_ray.execution.driver import run_experiment
 from sglr_ray.execution.interrupt import RunInterrupted, interruption, stop_on_signals
 from sglr_ray.execution.sweep import expand_grid, pending, run_sweep
 from sglr_ray.methods import METHODS

@@ -220,7 +220,7 @@ class RunConfig:
                 )
 
     def _check_leakage(self, method: Method) -> None:
-        if method.full_model:
+        if not method.client.sends_smashed:
             raise ConfigError(f"--leakage needs smashed data; --method {self.method} sends none")
         if self.leakage_client >= self.clients:
             raise ConfigError(f"--leakage-client {self.leakage_client} must be in [0, {self.clients - 1}]")
@@ -260,14 +260,7 @@ class RunConfig:
     @property
     def iterations_per_epoch(self) -> int:
         """Optimizer steps of the whole system in one epoch, as a progress bar counts them."""
-        spec = self.spec
-        if spec.pooled_data:  # one model, batches of b over the union of the partitions
-            return self.clients * self.samples_per_client // self.batch_size
-        if spec.schedule == "sequential":  # clients take turns
-            return self.clients * self.steps_per_epoch
-        if spec.schedule == "local":  # clients train in parallel, local_epochs passes each
-            return self.local_epochs * self.steps_per_epoch
-        return self.steps_per_epoch
+        return self.spec.schedule.iterations_per_epoch(self)
 
     def identity(self) -> dict[str, Any]:
         """The settings that can change a number: what makes two runs the same run. A choice the
@@ -300,7 +293,7 @@ class RunConfig:
 def resolved_optimizer_state(method: str, value: str) -> str:
     """client_optimizer_state as run: auto means reset for methods that average client models."""
     if value == "auto":
-        return "reset" if get_method(method).average_clients else "keep"
+        return "reset" if get_method(method).averages_clients else "keep"
     return value
 
 

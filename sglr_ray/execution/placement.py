@@ -204,7 +204,7 @@ def plan_for_cluster(config: RunConfig, num_clients: int, cluster: ClusterView) 
 def needs_server_actor(config: RunConfig) -> bool:
     """Whether the server gets an actor: only where it computes (the split methods' top
     model). The whole-model methods' server sums FedAvg uploads and counts bytes."""
-    return not config.spec.full_model
+    return not config.spec.client.whole_model
 
 
 def default_clients_per_shard(

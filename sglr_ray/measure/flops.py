@@ -101,18 +101,24 @@ class EpochFlops:
         return self.per_client * self.clients
 
 
+class _Counts:
+    """methods.schedules.FlopCounts for one model."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+
+    def bottom(self, batch: int) -> int:
+        return bottom_step_flops(self.model, batch)
+
+    def top(self, batch: int) -> int:
+        return top_step_flops(self.model, batch)
+
+    def whole(self, batch: int) -> int:
+        return full_step_flops(self.model, batch)
+
+
 def epoch_flops(config: RunConfig) -> EpochFlops:
-    """FLOPs of one training epoch, split between each client and the server (or data centre)."""
-    model, b, c, steps = config.model, config.batch_size, config.clients, config.steps_per_epoch
-    spec = config.spec
-    if spec.pooled_data:  # CL: the clients compute nothing; one model trains on all the data
-        return EpochFlops(0, config.iterations_per_epoch * full_step_flops(model, b), c)
-    if spec.schedule == "local":  # FL: all compute on the clients; averaging weights is negligible
-        return EpochFlops(config.local_epochs * steps * full_step_flops(model, b), 0, c)
-    if spec.schedule == "sequential":  # SSL: the server runs each client's turn at batch b
-        return EpochFlops(steps * bottom_step_flops(model, b), c * steps * top_step_flops(model, b), c)
-    server = steps * spec.server_flops(lambda batch: top_step_flops(model, batch), config)
-    if spec.batch_plan is not None:  # clients' batches vary; the models' FLOPs are linear in the batch
-        samples = steps * config.global_batch_size / c  # a client's mean share
-        return EpochFlops(round(samples * bottom_step_flops(model, 1)), server, c)
-    return EpochFlops(steps * bottom_step_flops(model, b), server, c)
+    """FLOPs of one training epoch, split between each client and the server (or data centre),
+    as the method's schedule counts them from the models' per-step FLOPs."""
+    per_client, server = config.spec.schedule.epoch_flops(config, _Counts(config.model))
+    return EpochFlops(per_client, server, config.clients)

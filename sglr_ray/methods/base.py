@@ -4,17 +4,19 @@ The engine (execution/driver.py, nodes/) runs every method; a method only says
 how it differs from parallel split learning:
 
 - `fixed`: the knobs it pins (alpha, phi); the others are the user's to set.
-- `schedule`: how an epoch trains. "parallel" is PSL's step (every client,
-  one server pass), "sequential" is SSL's turns, "local" trains whole models
-  on the clients (CL, FL).
-- `full_model`: clients hold the whole model instead of a bottom model.
-- `average_clients`: FedAvg of the client models after each epoch (SFL, FL).
+- `schedule`: how an epoch trains, an object (methods/schedules.py): PARALLEL
+  is PSL's step (every client, one server pass), SEQUENTIAL is SSL's turns,
+  LOCAL and POOLED train whole models on the clients (FL, CL).
+- `client`: what a client holds and does around the split (methods/roles.py):
+  a bottom model by default, the whole model for CL and FL.
+- `epoch_end`: what happens after each epoch's training, in order
+  (FEDAVG_CLIENTS: FedAvg of the client models, SFL and FL).
 - `rule`: builds the SplitRule that decides what each client receives from
   the split-layer gradients of one iteration (SplitAvg is one).
 - `server_step`: how the server turns one iteration's uploads into a loss and
   per-client split-layer gradients (`joint_step`, PSL's, by default).
-- `server_copies`: the server keeps one top model per client, averaged after
-  each epoch (SFLv1).
+- `top_copies`: how many top models the server keeps (SFLv1: one per client,
+  averaged after each epoch by AVERAGE_SERVER_COPIES).
 - `batch_plan`: per-iteration, per-client batch sizes when they are not the
   fixed b (GPSL).
 
@@ -26,14 +28,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Any, Protocol
 
 import torch
 
-if TYPE_CHECKING:
-    from sglr_ray.config import RunConfig
+from sglr_ray.methods.roles import SPLIT_BOTTOM, ClientRole
+from sglr_ray.methods.schedules import PARALLEL, Engine, Schedule
 
-SCHEDULES = ("parallel", "sequential", "local")
+RunConfig = Any  # the run's settings (config.RunConfig); methods/ reads fields and never imports it
 
 
 @dataclass
@@ -121,6 +123,24 @@ def joint_server_flops(top_flops: Callable[[int], int], config: RunConfig) -> in
 
 
 BatchPlan = list[list[int]]  # per iteration, per client id: how many samples it contributes
+EpochEnd = Callable[[Engine], None]
+
+
+def fedavg_clients(engine: Engine) -> None:
+    """FedAvg of the clients' models (SFL: bottoms; FL: whole models), weighted by partition size."""
+    engine.average_client_models()
+
+
+def average_server_copies(engine: Engine) -> None:
+    """SFLv1: FedAvg of the server's per-client top models."""
+    engine.average_server_copies()
+
+
+def one_top(config: RunConfig) -> int:
+    return 1
+
+
+FEDAVG_CLIENTS, AVERAGE_SERVER_COPIES = fedavg_clients, average_server_copies
 
 
 @dataclass(frozen=True)
@@ -128,25 +148,29 @@ class Method:
     name: str
     summary: str  # one line for --help and reports
     fixed: Mapping[str, float] = field(default_factory=dict)  # knobs the method pins: alpha, phi
-    schedule: str = "parallel"  # parallel | sequential | local (see the module docstring)
-    full_model: bool = False  # clients hold bottom + top (CL, FL)
-    average_clients: bool = False  # FedAvg of the client models after each epoch
-    pooled_data: bool = False  # one "client" (the data centre) holds every partition (CL)
+    schedule: Schedule = PARALLEL  # how an epoch trains (methods/schedules.py)
+    client: ClientRole = SPLIT_BOTTOM  # what a client holds and does (methods/roles.py)
+    epoch_end: tuple[EpochEnd, ...] = ()  # after each epoch's training, in order
     rule: Callable[[RunConfig], SplitRule] = own_gradients
     defaults: Mapping[str, float] = field(default_factory=dict)  # knob defaults where not the global ones
     server_step: ServerStep = joint_step
-    server_copies: bool = False  # one top model per client, FedAvg'd after each epoch
+    top_copies: Callable[[RunConfig], int] = one_top  # top models the server keeps
     batch_plan: Callable[[RunConfig, int], BatchPlan] | None = None  # None: b from every client
     # Server FLOPs of one iteration, given top_flops(batch) -> FLOPs of a top-model step at that batch.
     server_flops: Callable[[Callable[[int], int], RunConfig], int] = joint_server_flops
     settings: tuple[str, ...] = ()  # method-specific settings it reads (others must stay at default)
 
     def __post_init__(self) -> None:
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"method {self.name!r}: schedule {self.schedule!r} is not one of {SCHEDULES}")
+        if not isinstance(self.schedule, Schedule):
+            raise ValueError(f"method {self.name!r}: schedule must be a Schedule, got {self.schedule!r}")
         unknown = set(self.fixed) - {"alpha", "phi"}
         if unknown:
             raise ValueError(f"method {self.name!r} fixes unknown knobs {sorted(unknown)}")
+
+    @property
+    def averages_clients(self) -> bool:
+        """Whether every client holds the same model after each epoch (FedAvg of client models)."""
+        return FEDAVG_CLIENTS in self.epoch_end
 
     def takes(self, knob: str) -> bool:
         """Whether the user may set `knob` (alpha or phi) for this method."""

@@ -14,16 +14,12 @@ server's mini-batch steps.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from sglr_ray.methods.base import Method, ServerBatch, TopModels, scaled_gradients
+from sglr_ray.methods.base import Method, RunConfig, ServerBatch, TopModels, scaled_gradients
 from sglr_ray.methods.sglr import split_avg
-
-if TYPE_CHECKING:
-    from sglr_ray.config import RunConfig
 
 
 def server_batches(seed: int, epoch: int, step: int, pool_size: int, batch_size: int) -> list[np.ndarray]:

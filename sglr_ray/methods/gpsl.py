@@ -19,14 +19,10 @@ compute the same plan the server decides, with no extra messages.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from sglr_ray.methods.base import BatchPlan, Method
-
-if TYPE_CHECKING:
-    from sglr_ray.config import RunConfig
+from sglr_ray.methods.base import BatchPlan, Method, RunConfig
 
 
 def global_sampling_plan(seed: int, epoch: int, sizes: list[int], global_batch: int) -> BatchPlan:

@@ -13,12 +13,15 @@ models up and back once per epoch; averaging the server's copies is internal.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
-from sglr_ray.methods.base import Method, ServerBatch, TopModels
-
-if TYPE_CHECKING:
-    from sglr_ray.config import RunConfig
+from sglr_ray.methods.base import (
+    AVERAGE_SERVER_COPIES,
+    FEDAVG_CLIENTS,
+    Method,
+    RunConfig,
+    ServerBatch,
+    TopModels,
+)
 
 
 def per_client_step(server: TopModels, batch: ServerBatch, epoch: int, step: int) -> tuple[float, dict]:
@@ -32,6 +35,10 @@ def per_client_step(server: TopModels, batch: ServerBatch, epoch: int, step: int
     return loss_sum / len(batch.labels), grads
 
 
+def top_per_client(config: RunConfig) -> int:
+    return config.clients
+
+
 def per_client_flops(top_flops: Callable[[int], int], config: RunConfig) -> int:
     """Every client's rows go through its own copy: C top-model steps of b."""
     return config.clients * top_flops(config.batch_size)
@@ -39,6 +46,7 @@ def per_client_flops(top_flops: Callable[[int], int], config: RunConfig) -> int:
 
 sflv1 = Method(
     "sflv1", "SplitFed v1: a server model copy per client; copies and bottoms FedAvg'd each epoch",
-    fixed={"alpha": 0.0, "phi": 0.0}, average_clients=True, server_copies=True,
+    fixed={"alpha": 0.0, "phi": 0.0}, epoch_end=(FEDAVG_CLIENTS, AVERAGE_SERVER_COPIES),
+    top_copies=top_per_client,
     server_step=per_client_step, server_flops=per_client_flops,
 )  # fmt: skip

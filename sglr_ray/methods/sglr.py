@@ -13,16 +13,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from fractions import Fraction
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from sglr_ray.methods.base import Delivery, Method
+from sglr_ray.methods.base import Delivery, Method, RunConfig
 from sglr_ray.methods.phase import Phase
-
-if TYPE_CHECKING:
-    from sglr_ray.config import RunConfig
 
 
 def split_lr(client_lr: float, num_clients: int, alpha: float) -> float:

@@ -34,7 +34,7 @@ from sglr_ray.data import ImageSet, PreparedData, eval_slice
 from sglr_ray.methods.aggregate import weighted_state_sum
 from sglr_ray.nodes.batches import BatchDrawer
 from sglr_ray.nodes.grouped import GroupedBottoms, groupable
-from sglr_ray.nodes.models import SPLIT_MODELS, build_client_model, smashed_shape, state_nbytes, weights_copy
+from sglr_ray.nodes.models import ModelParts, smashed_shape, state_nbytes, weights_copy
 from sglr_ray.nodes.optim import LrSchedule, autocast, make_optimizer, optimizer_state_copy, set_lr
 from sglr_ray.nodes.protocol import GradientDelivery, ModelUpload, SmashedBatch
 from sglr_ray.nodes.scoring import count_correct
@@ -54,9 +54,7 @@ def client_partitions(config: RunConfig, data: PreparedData) -> list[ImageSet]:
     CL trains one model on the union of every client's partition: one
     "client" (the data centre) holding all of it.
     """
-    if config.spec.pooled_data:
-        return [ImageSet.union(data.partitions)]
-    return list(data.partitions)
+    return config.spec.schedule.partitions(list(data.partitions))
 
 
 class ClientShard:
@@ -78,9 +76,10 @@ class ClientShard:
             raise ValueError(f"{len(client_ids)} client ids but {len(partitions)} partitions")
         self.config = config
         self.device = torch.device(device)
-        self.full_model = config.spec.full_model
+        self.role = config.spec.client  # what a client holds and does (methods/roles.py)
+        self._parts = ModelParts(config.model, config.seed)
         # FL: the clients share one working model, trained in turn from the global weights.
-        self._one_model = self.full_model and config.spec.average_clients
+        self._one_model = self.role.whole_model and config.spec.averages_clients
         self._resets = config.resets_client_optimizers  # --client-optimizer-state
         self._fresh_in: dict[int, int] = {}  # client_id -> the epoch its optimizer was last reset in
         self.clients: list[Client] = []
@@ -93,7 +92,8 @@ class ClientShard:
         self._global = {k: v.detach().clone() for k, v in first.items()} if self._one_model else None
         self._round: tuple[dict[str, torch.Tensor], float] | None = None
         self.eval_sets = {"val": val.writable_copy(), "test": test.writable_copy()}
-        self._eval_top = SPLIT_MODELS[config.model].build_top().to(self.device)
+        eval_top = self.role.build_server(self._parts)  # the server's weights are loaded into it
+        self._eval_top = None if eval_top is None else eval_top.to(self.device)
         # forwarded, awaiting gradients: (client, smashed) pairs, or the grouped smashed data
         self._pending: list[tuple[Client, torch.Tensor]] | torch.Tensor | None = None
         self._batches = BatchDrawer(config, self.device)
@@ -109,7 +109,7 @@ class ClientShard:
         spec = self.config.spec
         sizes = {len(c.data) for c in self.clients}
         if (
-            spec.schedule != "parallel" or spec.batch_plan is not None or self.full_model
+            not spec.schedule.groupable or not self.role.grouped or spec.batch_plan is not None
             or len(self.clients) < 2 or len(sizes) != 1 or not groupable(self.clients[0].model)
         ):  # fmt: skip
             return None
@@ -136,7 +136,7 @@ class ClientShard:
             if self._resets:
                 return Client(client_id, model, self.clients[0].optimizer, data)
         else:
-            model = build_client_model(config.model, config.seed, self.full_model).to(self.device)
+            model = self.role.build_client(self._parts).to(self.device)
         return Client(client_id, model, make_optimizer(model.parameters(), config.optimizer, config.lr), data)
 
     def _autocast(self):
@@ -174,7 +174,7 @@ class ClientShard:
 
     def forward_batch(self, epoch: int, step: int, client_ids: list[int] | None = None) -> SmashedBatch:
         """Each client (all, or those named: SSL's turn) draws its batch and computes smashed data s_i."""
-        if self.full_model:
+        if self.role.whole_model:
             raise RuntimeError(f"--method {self.config.method} has no split layer to forward to")
         if self._grouped is not None:
             if client_ids is None:
@@ -190,9 +190,9 @@ class ClientShard:
             if len(y) == 0:  # a batch plan gave this client nothing this step
                 continue
             with self._autocast():
-                s = client.model(x)
-            self._pending.append((client, s))  # keeps the graph for apply_gradient
-            smashed.append(s.detach().cpu())
+                upload, kept = self.role.forward(client.model, client.optimizer, x, y.to(self.device))
+            self._pending.append((client, kept))  # keeps the graph for apply_gradient
+            smashed.append(upload.detach().cpu())
             labels.append(y)
             sizes.append(len(y))
         ids = [client.client_id for client, _ in self._pending]
@@ -230,11 +230,10 @@ class ClientShard:
             self._grouped.step(self._pending, torch.cat(grads).to(self.device))
             self._pending = None
             return
-        for client, s in self._pending:
-            grad = averaged_gradient if client.client_id in averaged else delivery.own[client.client_id]
-            client.optimizer.zero_grad(set_to_none=True)
-            s.backward(grad.to(self.device))
-            client.optimizer.step()
+        for client, kept in self._pending:
+            grad = averaged_gradient if client.client_id in averaged else delivery.own.get(client.client_id)
+            received = None if grad is None else grad.to(self.device)  # None: nothing comes down (lsl)
+            self.role.backward(client.model, client.optimizer, kept, received)
         self._pending = None
 
     def apply_then_forward(
@@ -257,7 +256,7 @@ class ClientShard:
 
         Returns (sum of per-sample losses, samples) for the epoch's mean training loss.
         """
-        if not self.full_model:
+        if not self.role.whole_model:
             raise RuntimeError(f"--method {self.config.method} trains through the server, not locally")
         passes, loss_sum, samples = self.config.local_epochs, 0.0, 0
         self._round = None
@@ -342,7 +341,7 @@ class ClientShard:
         entry. A client's optimizer state is stored only where it outlives the
         round (--client-optimizer-state keep).
         """
-        shared = self.config.spec.average_clients
+        shared = self.config.spec.averages_clients
         clients: dict[int, dict] = {}
         for c in self.clients:
             saved = {} if shared else {"model": weights_copy(c.model)}
@@ -386,14 +385,14 @@ class ClientShard:
         simulator, not part of the protocol): evaluation images never leave it.
         """
         images, labels = self.eval_sets[split].images, torch.from_numpy(self.eval_sets[split].labels)
-        top = nn.Identity()
-        if not self.full_model:
-            top = self._eval_top
-            top.load_state_dict(top_state)
+        server_model = self._eval_top
+        if server_model is not None:
+            server_model.load_state_dict(top_state)
         scores = {}
         for client in self._select(client_ids):
             part = slice(None) if whole else eval_slice(len(labels), self.config.clients, client.client_id)
             x, y = images[part], labels[part]
-            correct = count_correct(client.model, top, x, y, self.device, self._autocast)
+            first, second = self.role.eval_pair(client.model, server_model)
+            correct = count_correct(first, second, x, y, self.device, self._autocast)
             scores[client.client_id] = (correct, len(y))
         return scores

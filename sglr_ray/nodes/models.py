@@ -128,15 +128,38 @@ def seeded(build: Callable[[], nn.Module], seed: int) -> nn.Module:
         return build()
 
 
-def build_client_model(model: str, seed: int, full: bool) -> nn.Module:
-    """A client's starting model: the bottom half, or for cl/fl the whole model.
+@dataclass(frozen=True)
+class ModelParts:
+    """The run's model as a method's ClientRole builds from it (methods/roles.py): the bottom is
+    drawn from `seed` and the top from seed + 1, so every client starts from the same weights
+    and CL's whole model starts from the very weights the split methods start from."""
 
-    The whole model is the bottom seeded with `seed` followed by the top seeded
-    with seed + 1, so it starts from the very weights the split methods start from.
-    """
-    split = SPLIT_MODELS[model]
-    bottom = seeded(split.build_bottom, seed)
-    return nn.Sequential(bottom, seeded(split.build_top, seed + 1)) if full else bottom
+    model: str
+    seed: int
+
+    def bottom(self) -> nn.Module:
+        return seeded(SPLIT_MODELS[self.model].build_bottom, self.seed)
+
+    def top(self) -> nn.Module:
+        return seeded(SPLIT_MODELS[self.model].build_top, self.seed + 1)
+
+    def seeded(self, build: Callable[[], nn.Module], salt: int) -> nn.Module:
+        """Anything else a role adds (an auxiliary head), drawn from seed + salt."""
+        return seeded(build, self.seed + salt)
+
+    @property
+    def smashed_shape(self) -> tuple[int, ...]:
+        return smashed_shape(self.model)
+
+    @property
+    def num_classes(self) -> int:
+        return NUM_CLASSES
+
+
+def build_client_model(model: str, seed: int, full: bool) -> nn.Module:
+    """A client's starting model: the bottom half, or for cl/fl the whole model (ModelParts)."""
+    parts = ModelParts(model, seed)
+    return nn.Sequential(parts.bottom(), parts.top()) if full else parts.bottom()
 
 
 def count_parameters(module: nn.Module) -> int:

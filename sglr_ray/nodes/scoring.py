@@ -28,8 +28,9 @@ def count_correct(
     autocast: Callable[[], AbstractContextManager],
 ) -> int:
     """How many of `images` top(bottom(x)) classifies as `labels`. Both models are put in eval
-    mode for the pass (batch norm uses its running statistics); `bottom`, which trains, goes
-    back to train mode after, and `top` (the shard's evaluation copy) stays in eval mode."""
+    mode for the pass (batch norm uses its running statistics) and go back to the mode each
+    was in after (`top` may hold a client's own trained layers: methods/usl.py's tail)."""
+    modes = [(m, m.training) for m in (*bottom.modules(), *top.modules())]
     bottom.eval()
     top.eval()
     correct = 0
@@ -40,5 +41,6 @@ def count_correct(
                 logits = top(bottom(x))
             correct += int((logits.argmax(1).cpu() == labels[start : start + EVAL_BATCH]).sum())
     finally:
-        bottom.train()
+        for module, training in modes:
+            module.training = training
     return correct

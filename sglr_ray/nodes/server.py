@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from sglr_ray.config import RunConfig
 from sglr_ray.methods.aggregate import fedavg, weighted_state_sum
 from sglr_ray.methods.base import ServerBatch
-from sglr_ray.nodes.models import SPLIT_MODELS, seeded, weights_copy
+from sglr_ray.nodes.models import ModelParts, weights_copy
 from sglr_ray.nodes.optim import LrSchedule, autocast, make_optimizer, set_lr
 from sglr_ray.nodes.protocol import GradientDelivery, ModelUpload, SmashedBatch, StepMetrics, tensor_nbytes
 
@@ -51,7 +51,7 @@ class CommLedger:
 
 
 class Server:
-    """The top model (one per client for methods with `server_copies`), its optimizer,
+    """The top model (one per client for methods with several `top_copies`), its optimizer,
     the method's server step and SplitRule, and the byte ledger."""
 
     def __init__(self, config: RunConfig, device: str = "cpu") -> None:
@@ -63,11 +63,11 @@ class Server:
         # server, free of an optimizer, whose first construction imports torch._dynamo and
         # Triton (about 160 MB resident in every process that does it).
         self.tops: list[torch.nn.Module] = []
-        if not self.spec.full_model:
-            copies = config.clients if self.spec.server_copies else 1
-            # Copies start equal: one initial top model, as if handed out by one server.
-            first = seeded(SPLIT_MODELS[config.model].build_top, config.seed + 1).to(self.device)
-            self.tops = [first] + [copy.deepcopy(first) for _ in range(copies - 1)]
+        first = self.spec.client.build_server(ModelParts(config.model, config.seed))
+        if first is not None:
+            # Copies (SFLv1's) start equal: one initial top model, as if handed out by one server.
+            first = first.to(self.device)
+            self.tops = [first] + [copy.deepcopy(first) for _ in range(self.spec.top_copies(config) - 1)]
         self.optimizers = [
             make_optimizer(t.parameters(), config.optimizer, config.server_lr) for t in self.tops
         ]
@@ -104,7 +104,7 @@ class Server:
             client_ids=[c for u in uploads for c in u.client_ids],
             sizes=[n for u in uploads for n in u.sizes],
         )
-        self._lr = self.config.server_lr * self.schedule.multiplier(epoch, self.config.epochs)
+        self.set_epoch_lr(epoch)
         loss, grads = self.spec.server_step(self, batch, epoch, step)
         delivery = self.rule.deliver(grads, epoch, step)
         shared = delivery.shared.detach().cpu() if delivery.shared is not None else None
@@ -183,8 +183,13 @@ class Server:
             optimizer.load_state_dict(optimizer_state)
         self.ledger = CommLedger(self.ledger.num_clients)
 
-    def top_state(self) -> dict[str, torch.Tensor]:
-        return weights_copy(self.top)
+    def top_state(self) -> dict[str, torch.Tensor] | None:
+        """The (first) top model's weights; None where the server holds none (CL, FL)."""
+        return weights_copy(self.top) if self.tops else None
+
+    def set_epoch_lr(self, epoch: int) -> None:
+        """The server's learning rate for `epoch`: SplitLr's, times --lr-schedule's multiplier."""
+        self._lr = self.config.server_lr * self.schedule.multiplier(epoch, self.config.epochs)
 
     def pop_epoch_comm(self) -> CommLedger:
         """The epoch's byte counts; the ledger starts afresh."""

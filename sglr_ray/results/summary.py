@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from sglr_ray.config import RunConfig
-from sglr_ray.execution.driver import EpochResult, RunOutcome
+from sglr_ray.epochs import EpochResult, RunOutcome
 
 MB = 1e6
 

@@ -30,7 +30,7 @@ from sglr_ray.results.storage import Storage, join_run
 from sglr_ray.version import code_version, machine
 
 if TYPE_CHECKING:
-    from sglr_ray.execution.driver import EpochResult
+    from sglr_ray.epochs import EpochResult
 
 _ARROW_TYPES = {int: pa.int64(), float: pa.float64(), str: pa.string(), bool: pa.bool_()}
 # One column per setting (config.py declares them), then what the run recorded.

@@ -157,7 +157,7 @@ def test_help_documents_every_setting_and_every_method(capsys):
 def test_method_presets_resolve_knobs(method, alpha, phi):
     config = RunConfig(method=method)
     assert (config.alpha, config.phi) == (alpha, phi)
-    assert config.spec.average_clients == (method == "sfl")
+    assert config.spec.averages_clients == (method == "sfl")
 
 
 @pytest.mark.parametrize("clients, alpha", [(1, 1.5), (4, 0.0), (10, 0.5), (20, 1.0)])

@@ -1,0 +1,78 @@
+"""What a client holds and computes around the split layer: the client-side hooks.
+
+A ClientRole builds a client's model and the server's from the run's model
+parts, and says what a client does in a split step: what it computes before
+upload (`forward`) and what it does with what the server sends back
+(`backward`). The shard (nodes/client.py) owns the loop, the batches, the
+optimizers and the learning rates; the role only fills in those two steps, as
+a LightningModule fills in a Trainer's. PSL's bottom model is the default;
+methods/lsl.py (a local auxiliary loss) and methods/usl.py (a client-side
+tail) are roles of their own.
+
+`parts` is nodes.models.ModelParts: `bottom()` and `top()` build the split
+model's halves with the run's seeds, `seeded(build, salt)` builds anything
+else reproducibly, `smashed_shape` and `num_classes` describe the cut.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+Parts = Any  # nodes.models.ModelParts (methods/ sits below nodes/ in the layers)
+
+
+class ClientRole:
+    """PSL's client: a bottom model; smashed data and labels up, a split-layer gradient down."""
+
+    whole_model = False  # the client trains the whole model locally (CL, FL); no split step
+    sends_smashed = True  # a server-side attacker sees smashed data (the leakage attack needs it)
+    grouped = True  # clients of a shard may run as one grouped model (nodes/grouped.py)
+
+    def build_client(self, parts: Parts) -> nn.Module:
+        return parts.bottom()
+
+    def build_server(self, parts: Parts) -> nn.Module | None:
+        """The server's model (None: the server holds none)."""
+        return parts.top()
+
+    def forward(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, Any]:
+        """(what goes up, what the client keeps for `backward`). Runs under the run's autocast."""
+        s = model(x)
+        return s, s
+
+    def backward(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, kept: Any, received: torch.Tensor | None
+    ) -> None:
+        """Back-propagate what the server sent into the client's model and step its optimizer."""
+        optimizer.zero_grad(set_to_none=True)
+        kept.backward(received)
+        optimizer.step()
+
+    def eval_pair(self, model: nn.Module, server_model: nn.Module | None) -> tuple[nn.Module, nn.Module]:
+        """(first, second) with logits = second(first(x)): how a client's model is scored."""
+        return model, server_model
+
+
+class WholeModel(ClientRole):
+    """CL and FL: the client holds bottom + top and trains it on its own data."""
+
+    whole_model = True
+    sends_smashed = False
+    grouped = False
+
+    def build_client(self, parts: Parts) -> nn.Module:
+        return nn.Sequential(parts.bottom(), parts.top())  # the very weights split methods start from
+
+    def build_server(self, parts: Parts) -> nn.Module | None:
+        return None
+
+    def eval_pair(self, model: nn.Module, server_model: nn.Module | None) -> tuple[nn.Module, nn.Module]:
+        return model, nn.Identity()
+
+
+SPLIT_BOTTOM, WHOLE_MODEL = ClientRole(), WholeModel()

@@ -1,0 +1,170 @@
+"""How an epoch trains: a schedule is a short loop over the engine's primitives.
+
+The engine (execution/engine.py, over either executor) owns the client shards
+and the server and offers a few primitives: the split step loop, SSL's
+hand-over of bottom weights, local training of whole models, and two generic
+calls, `on_clients` and `on_server`, that run a function of the method's own
+on every shard or on the server. A schedule strings them together; the engine
+never asks which schedule it runs. Parallel, sequential and local are the three
+built-in schedules, made through the same API a user's method has
+(methods/usl.py builds its own).
+
+A schedule also says what its epoch costs: iterations (for progress),
+FLOPs per client and server, and which model evaluation scores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+RunSettings = Any  # the run's RunConfig: methods/ reads its fields and never imports it
+
+
+class Engine(Protocol):
+    """What a schedule may call (implemented by execution.engine.Engine)."""
+
+    config: RunSettings
+
+    def split_steps(self, epoch: int, clients: list[int] | None, done_before: int = 0) -> tuple[float, int]:
+        """steps_per_epoch split steps (SPEC section 2) for `clients` (None: all);
+        returns (sum of per-sample losses, samples)."""
+
+    def hand_over(self, from_client: int, to_client: int) -> None:
+        """SSL: `from_client`'s bottom weights go through the server to `to_client`."""
+
+    def train_local(self, epoch: int) -> tuple[float, int]:
+        """Every shard trains its clients' whole models on their own data."""
+
+    def upload_raw_data(self) -> None:
+        """CL: every client's raw partition goes to the data centre (counted once)."""
+
+    def on_clients(self, fn: Callable[..., Any], *args: Any, clients: list[int] | None = None) -> list[Any]:
+        """fn(shard, *args) on every shard holding one of `clients` (None: all); the results
+        (references under Ray), in shard order."""
+
+    def on_server(self, fn: Callable[..., Any], *args: Any, num_returns: int = 1) -> Any:
+        """fn(server, *args) on the server; a reference under Ray."""
+
+    def get(self, value: Any) -> Any: ...
+
+    def progress(self, epoch: int, iterations: int, loss: float) -> None: ...
+
+
+class FlopCounts(Protocol):
+    """FLOPs of one training step at batch size b (measure/flops.py)."""
+
+    def bottom(self, batch: int) -> int: ...
+    def top(self, batch: int) -> int: ...
+    def whole(self, batch: int) -> int: ...
+
+
+class Schedule:
+    """A schedule's interface, with PSL's answers where one fits most schedules."""
+
+    groupable = False  # every client of a shard steps together with a batch of b (nodes/grouped.py)
+
+    def train_epoch(self, engine: Engine, epoch: int) -> float:
+        """Train one epoch; return its mean training loss per sample."""
+        raise NotImplementedError
+
+    def iterations_per_epoch(self, config: RunSettings) -> int:
+        """Optimizer steps of the whole system in one epoch, as a progress bar counts them."""
+        return config.steps_per_epoch
+
+    def epoch_flops(self, config: RunSettings, flops: FlopCounts) -> tuple[int, int]:
+        """(FLOPs of one client, FLOPs of the server) in one epoch."""
+        raise NotImplementedError
+
+    def scorer(self, config: RunSettings) -> int | None:
+        """None: every client scores its own model with the server's; else the one client whose
+        model is the run's model (CL's, FL's average, SSL's last turn)."""
+        return None
+
+    def partitions(self, partitions: list[Any]) -> list[Any]:
+        """The partitions the shards hold, one per training client."""
+        return partitions
+
+
+class Parallel(Schedule):
+    """PSL: every client forwards a batch, the server steps once on all of them, every client
+    applies what it receives; steps_per_epoch times."""
+
+    groupable = True
+
+    def train_epoch(self, engine: Engine, epoch: int) -> float:
+        loss_sum, samples = engine.split_steps(epoch, None)
+        return loss_sum / samples
+
+    def epoch_flops(self, config: RunSettings, flops: FlopCounts) -> tuple[int, int]:
+        spec, steps = config.spec, config.steps_per_epoch
+        server = steps * spec.server_flops(flops.top, config)
+        if spec.batch_plan is not None:  # clients' batches vary; the models' FLOPs are linear in the batch
+            samples = steps * config.global_batch_size / config.clients  # a client's mean share
+            return round(samples * flops.bottom(1)), server
+        return steps * flops.bottom(config.batch_size), server
+
+
+class Sequential(Schedule):
+    """SSL: clients take turns, one local epoch each with the server; each starts from the
+    bottom weights of the client before it (the last client of the previous epoch, for client 0)."""
+
+    def train_epoch(self, engine: Engine, epoch: int) -> float:
+        clients, loss_sum, samples = engine.config.clients, 0.0, 0
+        for client in range(clients):
+            previous = (client - 1) % clients
+            if previous != client and (epoch > 0 or client > 0):
+                engine.hand_over(previous, client)
+            done = client * engine.config.steps_per_epoch
+            turn_loss, turn_samples = engine.split_steps(epoch, [client], done_before=done)
+            loss_sum, samples = loss_sum + turn_loss, samples + turn_samples
+        return loss_sum / samples
+
+    def iterations_per_epoch(self, config: RunSettings) -> int:
+        return config.clients * config.steps_per_epoch
+
+    def epoch_flops(self, config: RunSettings, flops: FlopCounts) -> tuple[int, int]:
+        steps, b = config.steps_per_epoch, config.batch_size
+        return steps * flops.bottom(b), config.clients * steps * flops.top(b)
+
+    def scorer(self, config: RunSettings) -> int | None:
+        return config.clients - 1  # the bottom of the last turn is the current model
+
+
+class Local(Schedule):
+    """CL and FL: whole models trained on local data, shards in parallel (`local_epochs` passes
+    each). `pooled`: one "client", the data centre, holds every partition (CL)."""
+
+    def __init__(self, pooled: bool = False) -> None:
+        self.pooled = pooled
+
+    def train_epoch(self, engine: Engine, epoch: int) -> float:
+        if self.pooled and epoch == 0:  # the clients' raw data goes to the data centre, once
+            engine.upload_raw_data()
+        loss_sum, samples = engine.train_local(epoch)
+        engine.progress(epoch, self.iterations_per_epoch(engine.config), loss_sum / samples)
+        return loss_sum / samples
+
+    def iterations_per_epoch(self, config: RunSettings) -> int:
+        if self.pooled:  # one model, batches of b over the union of the partitions
+            return config.clients * config.samples_per_client // config.batch_size
+        return config.local_epochs * config.steps_per_epoch
+
+    def epoch_flops(self, config: RunSettings, flops: FlopCounts) -> tuple[int, int]:
+        whole = flops.whole(config.batch_size)
+        if self.pooled:  # CL: the clients compute nothing; one model trains on all the data
+            return 0, self.iterations_per_epoch(config) * whole
+        return config.local_epochs * config.steps_per_epoch * whole, 0  # averaging weights: negligible
+
+    def scorer(self, config: RunSettings) -> int | None:
+        return 0  # CL's one model; FL's average, which every client holds
+
+    def partitions(self, partitions: list[Any]) -> list[Any]:
+        if not self.pooled:
+            return partitions
+        from sglr_ray.data import ImageSet  # below methods/ in the layers: data imports nothing of ours
+
+        return [ImageSet.union(partitions)]
+
+
+PARALLEL, SEQUENTIAL, LOCAL, POOLED = Parallel(), Sequential(), Local(), Local(pooled=True)
