@@ -35,7 +35,6 @@ from sglr_ray.config import (
     ConfigError,
     RunConfig,
     check_setting_names,
-    check_writable,
     config_fields,
     flag,
     setting_type,
@@ -47,7 +46,7 @@ from sglr_ray.execution.driver import run_experiment
 from sglr_ray.execution.interrupt import RunInterrupted, interruption, stop_on_signals
 from sglr_ray.execution.sweep import expand_grid, pending, run_sweep
 from sglr_ray.methods import METHODS
-from sglr_ray.results.storage import Storage, join_run, split_run
+from sglr_ray.results.storage import Storage, check_writable, join_run, split_run
 from sglr_ray.results.summary import format_epoch_line, format_summary
 from sglr_ray.results.writer import read_run_settings
 

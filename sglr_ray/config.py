@@ -343,18 +343,6 @@ def check_setting_names(settings: dict[str, Any], where: str) -> dict[str, Any]:
     return settings
 
 
-def check_writable(out: str) -> None:
-    """Fail early, naming the location, if results cannot be written under `out`
-    (a directory, or a URI such as s3://bucket/path: see results/storage.py)."""
-    # Imported here: every actor imports this module, and pyarrow costs each one 30-60 MB.
-    from sglr_ray.results.storage import Storage
-
-    try:
-        Storage(out).check_writable()
-    except (OSError, ValueError) as ex:  # ValueError: pyarrow's ArrowInvalid, a URI it cannot parse
-        raise ConfigError(f"--out {out!r} is not writable: {getattr(ex, 'strerror', None) or ex}") from ex
-
-
 _HINTS = typing.get_type_hints(RunConfig)
 _FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 METHOD_SETTINGS = ("local_epochs", "global_batch_size")  # read by the methods that list them in .settings

@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullLocator
 
 from sglr_ray.analysis import tables as analysis
-from sglr_ray.results.atomic import atomic_path
+from sglr_ray.atomic import atomic_path
 
 __all__ = ["write_plots"]
 

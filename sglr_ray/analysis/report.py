@@ -25,7 +25,7 @@ from sglr_ray.analysis.sentences import (
     server_saving_sentence,
 )
 from sglr_ray.analysis.tables import means
-from sglr_ray.results.atomic import atomic_path
+from sglr_ray.atomic import atomic_path
 
 __all__ = ["collapse_stats", "write_report"]
 PAPER = analysis.paper_reference()

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sglr_ray.config import RunConfig, check_writable
+from sglr_ray.config import RunConfig
 from sglr_ray.data import PreparedData, prepare_data, to_model_input
 from sglr_ray.epochs import EpochResult, Evaluation, Executor, ProgressFn, RunOutcome
 from sglr_ray.errors import ActorLostError
@@ -25,6 +25,7 @@ from sglr_ray.measure.flops import epoch_flops
 from sglr_ray.nodes.client import ClientShard
 from sglr_ray.nodes.models import SPLIT_MODELS
 from sglr_ray.nodes.server import Server
+from sglr_ray.results.storage import check_writable
 from sglr_ray.results.writer import ResultsWriter, check_run_identity, make_run_id
 
 log = logging.getLogger(__name__)

@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sglr_ray.atomic import atomic_path
 from sglr_ray.data import FMNIST_MEAN, FMNIST_STD
 from sglr_ray.nodes.models import seeded
-from sglr_ray.results.atomic import atomic_path
 
 IMAGE_SIZE = 28  # what a client holds; models see it zero-padded to 32x32
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from sglr_ray.config import RunConfig
 from sglr_ray.data import ImageSet, epoch_order, to_model_input
+from sglr_ray.nodes.specs import NodeSettings
 
 
 class BatchDrawer:
     """Draws the clients' batches of one shard, on `device`."""
 
-    def __init__(self, config: RunConfig, device: torch.device) -> None:
+    def __init__(self, config: NodeSettings, device: torch.device) -> None:
         self.config = config
         self.device = device
         self._orders: dict[int, tuple[int, torch.Tensor]] = {}  # client_id -> (epoch, its order)

@@ -29,7 +29,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sglr_ray.config import RunConfig
 from sglr_ray.data import ImageSet, PreparedData, eval_slice
 from sglr_ray.methods.aggregate import weighted_state_sum
 from sglr_ray.nodes.batches import BatchDrawer
@@ -38,6 +37,7 @@ from sglr_ray.nodes.models import ModelParts, smashed_shape, state_nbytes, weigh
 from sglr_ray.nodes.optim import LrSchedule, autocast, make_optimizer, optimizer_state_copy, set_lr
 from sglr_ray.nodes.protocol import GradientDelivery, ModelUpload, SmashedBatch
 from sglr_ray.nodes.scoring import count_correct
+from sglr_ray.nodes.specs import NodeSettings
 
 
 @dataclass
@@ -48,7 +48,7 @@ class Client:
     data: ImageSet
 
 
-def client_partitions(config: RunConfig, data: PreparedData) -> list[ImageSet]:
+def client_partitions(config: NodeSettings, data: PreparedData) -> list[ImageSet]:
     """The partitions the executors give out, one per training client.
 
     CL trains one model on the union of every client's partition: one
@@ -62,7 +62,7 @@ class ClientShard:
 
     def __init__(
         self,
-        config: RunConfig,
+        config: NodeSettings,
         client_ids: list[int],
         partitions: list[ImageSet],
         val: ImageSet,

@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from sglr_ray.config import RunConfig
 from sglr_ray.methods.aggregate import fedavg, weighted_state_sum
 from sglr_ray.methods.base import ServerBatch
 from sglr_ray.nodes.models import ModelParts, weights_copy
 from sglr_ray.nodes.optim import LrSchedule, autocast, make_optimizer, set_lr
 from sglr_ray.nodes.protocol import GradientDelivery, ModelUpload, SmashedBatch, StepMetrics, tensor_nbytes
+from sglr_ray.nodes.specs import NodeSettings
 
 
 @dataclass
@@ -54,7 +54,7 @@ class Server:
     """The top model (one per client for methods with several `top_copies`), its optimizer,
     the method's server step and SplitRule, and the byte ledger."""
 
-    def __init__(self, config: RunConfig, device: str = "cpu") -> None:
+    def __init__(self, config: NodeSettings, device: str = "cpu") -> None:
         self.config = config
         self.spec = config.spec
         self.device = torch.device(device)

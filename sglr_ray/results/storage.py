@@ -30,6 +30,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from sglr_ray.settings import ConfigError
+
 
 def is_uri(out: str) -> bool:
     return "://" in out
@@ -156,3 +158,12 @@ class StoredFile:
 
     def __str__(self) -> str:
         return self.storage.display(self.rel)
+
+
+def check_writable(out: str) -> None:
+    """Fail early, naming the location, if results cannot be written under `out`
+    (a directory, or a URI such as s3://bucket/path)."""
+    try:
+        Storage(out).check_writable()
+    except (OSError, ValueError) as ex:  # ValueError: pyarrow's ArrowInvalid, a URI it cannot parse
+        raise ConfigError(f"--out {out!r} is not writable: {getattr(ex, 'strerror', None) or ex}") from ex

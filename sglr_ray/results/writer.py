@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sglr_ray.atomic import atomic_path
 from sglr_ray.config import ConfigError, RunConfig, config_fields, setting_type
 from sglr_ray.measure import energy
 from sglr_ray.measure.comm import comm_time_s
-from sglr_ray.results.atomic import atomic_path
 from sglr_ray.results.storage import Storage, join_run
 from sglr_ray.version import code_version, machine
 

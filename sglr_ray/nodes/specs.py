@@ -1,0 +1,36 @@
+"""What the nodes read of a run's settings: a narrow interface, not the run configuration.
+
+A client shard and the server need the method's declaration and a dozen
+numbers; `config.RunConfig` has them all and is what the executors pass, but
+nodes/ sits below config.py in the layers and sees only this Protocol. A test
+or a benchmark may hand a node any object with these attributes.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from sglr_ray.methods.base import Method
+
+
+class NodeSettings(Protocol):
+    """The settings a ClientShard or the Server reads (RunConfig's fields of the same names)."""
+
+    method: str  # for messages only
+    spec: Method  # the method's declaration: schedule, client role, rule, server step
+    model: str
+    seed: int
+    clients: int
+    epochs: int
+    batch_size: int
+    local_epochs: int
+    lr: float  # the clients' learning rate
+    optimizer: str
+    lr_schedule: str
+    precision: str
+
+    @property
+    def server_lr(self) -> float: ...
+
+    @property
+    def resets_client_optimizers(self) -> bool: ...
