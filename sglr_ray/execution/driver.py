@@ -23,7 +23,7 @@ from sglr_ray.execution.engine import Engine
 from sglr_ray.measure.energy import EnergyMeter, open_meter
 from sglr_ray.measure.flops import epoch_flops
 from sglr_ray.nodes.client import ClientShard
-from sglr_ray.nodes.models import SPLIT_MODELS
+from sglr_ray.nodes.models import ModelParts
 from sglr_ray.nodes.server import Server
 from sglr_ray.results.storage import check_writable
 from sglr_ray.results.writer import ResultsWriter, check_run_identity, make_run_id
@@ -89,10 +89,11 @@ def attack_client(ex: Executor, config: RunConfig, data: PreparedData) -> tuple:
     """
     from sglr_ray.measure import leakage
 
-    client = config.leakage_client
+    client, role = config.leakage_client, config.spec.client
     shard = Engine(ex, config).shard_of(client)
-    bottom = SPLIT_MODELS[config.model].build_bottom()
-    bottom.load_state_dict(ex.get(ex.call(shard, ClientShard.model_state, client)))
+    model = role.build_client(ModelParts(config.model, config.seed))
+    model.load_state_dict(ex.get(ex.call(shard, ClientShard.model_state, client)))
+    bottom = role.smashing_model(model)
     aux = to_model_input(data.spare.images[: config.leakage_aux_samples])
     targets = to_model_input(data.test.images)
     return leakage.measure_leakage(

@@ -58,6 +58,13 @@ class Engine:
         client_ids names the shard's clients taking part (None: all of them)."""
         return [self.ex.call(shard, fn, *args, ids) for shard, ids in self.participants(clients)]
 
+    def on_shards(
+        self, fn: Callable[..., Any], args: list[tuple], clients: list[int] | None = None
+    ) -> list[Any]:
+        """fn(shard, *args[k]) on the k-th shard holding one of `clients` (None: all)."""
+        shards = self.participants(clients)
+        return [self.ex.call(shard, fn, *a) for (shard, _), a in zip(shards, args, strict=True)]
+
     def on_server(self, fn: Callable[..., Any], *args: Any, num_returns: int = 1) -> Any:
         return self.ex.call(self.ex.server, fn, *args, num_returns=num_returns)
 

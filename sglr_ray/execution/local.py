@@ -20,6 +20,15 @@ from sglr_ray.nodes.client import ClientShard, client_partitions
 from sglr_ray.nodes.server import Server
 
 
+def call_on(target: Any, method: Callable[..., Any], *args: Any) -> Any:
+    """Run `method` on `target`, in process or in an actor. A function of a class (ClientShard.
+    forward_batch) is looked up by name on the target, so a subclass's override runs (the tests'
+    spies); any other function (a method's own, methods/usl.py) gets the target first."""
+    if "." in method.__qualname__:
+        return getattr(target, method.__name__)(*args)
+    return method(target, *args)
+
+
 class LocalExecutor:
     name = "local"
 
@@ -39,8 +48,7 @@ class LocalExecutor:
         ]
 
     def call(self, target: Any, method: Callable[..., Any], *args: Any, num_returns: int = 1) -> Any:
-        # By the function's name on the object: a subclass's override runs (the tests' spies).
-        return getattr(target, method.__name__)(*args)
+        return call_on(target, method, *args)
 
     def get(self, value: Any) -> Any:
         return value

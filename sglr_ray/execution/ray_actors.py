@@ -37,6 +37,7 @@ from sglr_ray.errors import (
     StaleActorError,
 )
 from sglr_ray.execution import interrupt
+from sglr_ray.execution.local import call_on
 from sglr_ray.execution.memory_kill import describe_memory_kill
 from sglr_ray.execution.placement import (
     ClusterView,
@@ -114,10 +115,10 @@ class _Host:
         """The one entry point: `method` is a function of the held object's class
         (e.g. ClientShard.forward_batch), passed by reference, never by name."""
         if method in _RESTORES:  # loading a snapshot is what makes a restarted actor current
-            result = getattr(self._held, method.__name__)(*args)
+            result = call_on(self._held, method, *args)
             self._stale = False
             return result
-        return getattr(self._checked(), method.__name__)(*args)
+        return call_on(self._checked(), method, *args)
 
 
 class ClientActor(_Host):

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from sglr_ray.config import RunConfig
-from sglr_ray.nodes.models import INPUT_SHAPE, SPLIT_MODELS, smashed_shape
+from sglr_ray.nodes.models import INPUT_SHAPE, SPLIT_MODELS, ModelParts, smashed_shape
 
 
 def conv2d_step_flops(layer: nn.Conv2d, x: torch.Tensor, out: torch.Tensor) -> int:
@@ -104,8 +104,11 @@ class EpochFlops:
 class _Counts:
     """methods.schedules.FlopCounts for one model."""
 
-    def __init__(self, model: str) -> None:
-        self.model = model
+    def __init__(self, model: str, seed: int) -> None:
+        self.model, self.parts = model, ModelParts(model, seed)
+
+    def step(self, module: nn.Module, input_shape: tuple[int, ...], batch: int, input_grad: bool) -> int:
+        return step_flops(module, torch.zeros(batch, *input_shape, requires_grad=input_grad))
 
     def bottom(self, batch: int) -> int:
         return bottom_step_flops(self.model, batch)
@@ -120,5 +123,5 @@ class _Counts:
 def epoch_flops(config: RunConfig) -> EpochFlops:
     """FLOPs of one training epoch, split between each client and the server (or data centre),
     as the method's schedule counts them from the models' per-step FLOPs."""
-    per_client, server = config.spec.schedule.epoch_flops(config, _Counts(config.model))
+    per_client, server = config.spec.schedule.epoch_flops(config, _Counts(config.model, config.seed))
     return EpochFlops(per_client, server, config.clients)

@@ -29,6 +29,7 @@ class ClientRole:
 
     whole_model = False  # the client trains the whole model locally (CL, FL); no split step
     sends_smashed = True  # a server-side attacker sees smashed data (the leakage attack needs it)
+    sends_labels = True  # labels go up with the smashed data (U-shaped: they stay on the client)
     grouped = True  # clients of a shard may run as one grouped model (nodes/grouped.py)
 
     def build_client(self, parts: Parts) -> nn.Module:
@@ -56,6 +57,10 @@ class ClientRole:
     def eval_pair(self, model: nn.Module, server_model: nn.Module | None) -> tuple[nn.Module, nn.Module]:
         """(first, second) with logits = second(first(x)): how a client's model is scored."""
         return model, server_model
+
+    def smashing_model(self, model: nn.Module) -> nn.Module:
+        """The part of a client's model whose output the server sees (what the leakage attack inverts)."""
+        return model
 
 
 class WholeModel(ClientRole):

@@ -43,8 +43,19 @@ class Engine(Protocol):
         """fn(shard, *args) on every shard holding one of `clients` (None: all); the results
         (references under Ray), in shard order."""
 
+    def on_shards(
+        self, fn: Callable[..., Any], args: list[tuple], clients: list[int] | None = None
+    ) -> list[Any]:
+        """fn(shard, *args[k]) on the k-th shard holding one of `clients` (None: all)."""
+
     def on_server(self, fn: Callable[..., Any], *args: Any, num_returns: int = 1) -> Any:
         """fn(server, *args) on the server; a reference under Ray."""
+
+    def average_client_models(self) -> None:
+        """FedAvg of the clients' models, weighted by partition size; every client takes the mean."""
+
+    def average_server_copies(self) -> None:
+        """FedAvg of the server's top-model copies (SFLv1)."""
 
     def get(self, value: Any) -> Any: ...
 
@@ -52,11 +63,15 @@ class Engine(Protocol):
 
 
 class FlopCounts(Protocol):
-    """FLOPs of one training step at batch size b (measure/flops.py)."""
+    """FLOPs of one training step at batch size b (measure/flops.py): forward, loss gradient,
+    backward; `step` for any module a method builds, with or without a gradient for its input."""
+
+    parts: Any  # nodes.models.ModelParts of the run
 
     def bottom(self, batch: int) -> int: ...
     def top(self, batch: int) -> int: ...
     def whole(self, batch: int) -> int: ...
+    def step(self, module: Any, input_shape: tuple[int, ...], batch: int, input_grad: bool) -> int: ...
 
 
 class Schedule:

@@ -23,6 +23,7 @@ every round and no optimizer state is kept or checkpointed.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -168,6 +169,18 @@ class ClientShard:
             raise ValueError(f"clients {client_ids} are not all in this shard ({self.client_ids})")
         return chosen
 
+    @property
+    def pending(self) -> list[tuple[Client, Any]]:
+        """What each client kept of the last forward_batch (its role's `kept`), in upload order:
+        a method's own step function reads it between forward and apply (methods/usl.py)."""
+        if not isinstance(self._pending, list):
+            raise RuntimeError("no per-client forward is pending")
+        return self._pending
+
+    def autocast(self) -> Any:
+        """The run's autocast context (--precision)."""
+        return self._autocast()
+
     def _batch(self, client: Client, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """A client's inputs and labels for (epoch, step) (nodes/batches.py)."""
         return self._batches.batch(client.client_id, client.data, epoch, step)
@@ -193,7 +206,7 @@ class ClientShard:
                 upload, kept = self.role.forward(client.model, client.optimizer, x, y.to(self.device))
             self._pending.append((client, kept))  # keeps the graph for apply_gradient
             smashed.append(upload.detach().cpu())
-            labels.append(y)
+            labels.append(y if self.role.sends_labels else y[:0])  # U-shaped: labels stay here
             sizes.append(len(y))
         ids = [client.client_id for client, _ in self._pending]
         if not ids:

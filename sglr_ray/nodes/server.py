@@ -75,6 +75,7 @@ class Server:
         self.schedule = LrSchedule.parse(config.lr_schedule)
         self.ledger = CommLedger(config.clients)
         self._lr = config.server_lr
+        self.scratch: dict = {}  # a method's own state between its calls in one step (methods/usl.py)
 
     @property
     def top(self) -> torch.nn.Module:
@@ -84,6 +85,19 @@ class Server:
         """Mean cross-entropy of top model `index` on `inputs` (autocast as --precision says)."""
         with autocast(self.config.precision, self.device):
             return F.cross_entropy(self.tops[index](inputs), labels)
+
+    def autocast(self):
+        """The run's autocast context (--precision) on the server's device."""
+        return autocast(self.config.precision, self.device)
+
+    def backprop_top(self, index: int, outputs: torch.Tensor, grad: torch.Tensor) -> None:
+        """One optimizer step of top model `index` from a gradient of its `outputs` that came from
+        elsewhere (U-shaped: the clients' tails); gradients reach its inputs where they need them."""
+        optimizer = self.optimizers[index]
+        set_lr(optimizer, self._lr)
+        optimizer.zero_grad(set_to_none=True)
+        outputs.backward(grad)
+        optimizer.step()
 
     def train_top(self, index: int, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """One optimizer step of top model `index` on (inputs, labels); returns the loss.
@@ -98,14 +112,31 @@ class Server:
 
     def train_step(self, epoch: int, step: int, *uploads: SmashedBatch) -> tuple:
         """One server step: (StepMetrics, the broadcast tensor or None, a GradientDelivery per upload)."""
-        batch = ServerBatch(
+        batch = self.gather(uploads)
+        self.set_epoch_lr(epoch)
+        self.account_uploads(uploads)
+        loss, grads = self.spec.server_step(self, batch, epoch, step)
+        return self.deliver(grads, uploads, loss, epoch, step)
+
+    def gather(self, uploads: tuple[SmashedBatch, ...]) -> ServerBatch:
+        """One iteration's uploads, concatenated on the server's device."""
+        return ServerBatch(
             smashed=torch.cat([u.smashed for u in uploads]).to(self.device),
             labels=torch.cat([u.labels for u in uploads]).to(self.device),
             client_ids=[c for u in uploads for c in u.client_ids],
             sizes=[n for u in uploads for n in u.sizes],
         )
-        self.set_epoch_lr(epoch)
-        loss, grads = self.spec.server_step(self, batch, epoch, step)
+
+    def deliver(
+        self,
+        grads: dict[int, torch.Tensor],
+        uploads: tuple[SmashedBatch, ...],
+        loss: float,
+        epoch: int,
+        step: int,
+    ) -> tuple:
+        """The method's SplitRule turns split-layer gradients into what each shard receives, counted
+        in the ledger: (StepMetrics, the broadcast tensor or None, a GradientDelivery per upload)."""
         delivery = self.rule.deliver(grads, epoch, step)
         shared = delivery.shared.detach().cpu() if delivery.shared is not None else None
         deliveries = [
@@ -115,8 +146,9 @@ class Server:
             )
             for u in uploads
         ]
-        self._account_step(uploads, deliveries, shared)
-        return (StepMetrics(loss, len(batch.labels), sorted(delivery.shared_to)), shared, *deliveries)
+        self._account_deliveries(deliveries, shared)
+        samples = sum(n for u in uploads for n in u.sizes)
+        return (StepMetrics(loss, samples, sorted(delivery.shared_to)), shared, *deliveries)
 
     def average_server_copies(self) -> None:
         """SFLv1: FedAvg of the per-client top models (equal partitions: equal weights);
@@ -126,19 +158,18 @@ class Server:
         for top in self.tops:
             top.load_state_dict(mean)
 
-    def _account_step(
-        self,
-        uploads: tuple[SmashedBatch, ...],
-        deliveries: list[GradientDelivery],
-        averaged: torch.Tensor | None,
-    ) -> None:
-        ledger = self.ledger
-        for upload, delivery in zip(uploads, deliveries, strict=True):
+    def account_uploads(self, uploads: tuple[SmashedBatch, ...]) -> None:
+        """Bytes up: each client's rows of smashed data and labels, as sent."""
+        for upload in uploads:
             row_bytes = (tensor_nbytes(upload.smashed) + tensor_nbytes(upload.labels)) // max(
-                1, len(upload.labels)
+                1, sum(upload.sizes)
             )
             for client_id, n in zip(upload.client_ids, upload.sizes, strict=True):
-                ledger.bytes_up[client_id] += n * row_bytes
+                self.ledger.bytes_up[client_id] += n * row_bytes
+
+    def _account_deliveries(self, deliveries: list[GradientDelivery], averaged: torch.Tensor | None) -> None:
+        ledger = self.ledger
+        for delivery in deliveries:
             for client_id, grad in delivery.own.items():
                 ledger.bytes_down[client_id] += tensor_nbytes(grad)
                 ledger.server_sent += tensor_nbytes(grad)

@@ -23,6 +23,7 @@ def run_both(config, tmp_out):
     [
         ("sglr", {"phi": 0.5, "alpha": 0.5}), ("sfl", {}), ("fl", {}), ("ssl", {}),
         ("sflv1", {}), ("cyclesl", {"phi": 0.5}), ("gpsl", {"global_batch_size": 12, "alpha": 0.5}),
+        ("usl", {"phi": 0.5, "alpha": 0.5}), ("lsl", {}),
     ],
 )  # fmt: skip
 def test_ray_matches_local_for_the_same_seed(ray_session, tiny_config, tmp_out, method, extra):

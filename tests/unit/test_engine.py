@@ -10,9 +10,11 @@ import pytest
 import torch
 
 from sglr_ray.data import epoch_order, prepare_data, to_model_input
-from sglr_ray.execution.driver import average_client_models, run_epoch, run_experiment, train_epoch
+from sglr_ray.execution.driver import run_epoch, run_experiment
+from sglr_ray.execution.engine import Engine
 from sglr_ray.execution.local import LocalExecutor
 from sglr_ray.measure.energy import NoMeter
+from sglr_ray.methods.schedules import PARALLEL
 from sglr_ray.nodes.models import SPLIT_MODELS, seeded
 from sglr_ray.nodes.optim import make_optimizer
 from sglr_ray.nodes.protocol import tensor_nbytes
@@ -37,7 +39,7 @@ def test_psl_with_one_client_is_centralised_training_step_for_step(tiny_config, 
     optimizers = [make_optimizer(part.parameters(), "adam", config.lr) for part in full]
     images, labels = data.partitions[0].images, data.partitions[0].labels
     for epoch in range(config.epochs):
-        psl_loss = train_epoch(ex, config, epoch)
+        psl_loss = PARALLEL.train_epoch(Engine(ex, config), epoch)
         index = epoch_order(config.seed, 0, epoch, len(labels)).numpy()
         loss = torch.nn.functional.cross_entropy(
             full(to_model_input(images[index])), torch.from_numpy(labels[index])
@@ -56,7 +58,7 @@ def test_psl_with_one_client_is_centralised_training_step_for_step(tiny_config, 
 def test_sfl_leaves_every_bottom_model_at_the_data_weighted_mean(tiny_config):
     config = tiny_config(method="sfl", clients=3, clients_per_actor=2)
     ex = LocalExecutor(config, prepare_data(config))
-    train_epoch(ex, config, 0)
+    PARALLEL.train_epoch(Engine(ex, config), 0)
     models = bottoms(ex)
     assert not torch.equal(models[0][0].weight, models[1][0].weight)  # clients drifted apart
     # Give the clients unequal data sizes so the weighting matters.
@@ -64,7 +66,7 @@ def test_sfl_leaves_every_bottom_model_at_the_data_weighted_mean(tiny_config):
     clients[0].data = clients[0].data.subset(np.arange(8))
     weights = torch.tensor([8.0, 32.0, 32.0])
     states = [{k: v.clone() for k, v in m.state_dict().items()} for m in models]
-    average_client_models(ex)
+    Engine(ex, config).average_client_models()
     for key in states[0]:
         expected = sum(w * s[key] for w, s in zip(weights, states, strict=True)) / weights.sum()
         for model in models:

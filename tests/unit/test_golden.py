@@ -35,6 +35,8 @@ CASES = {
     "cyclesl-alexnet": {"method": "cyclesl", "phi": 0.5},
     "gpsl-alexnet": {"method": "gpsl", "global_batch_size": 24},
     "sglr-resnet16": {"method": "sglr", "model": "resnet16", "alpha": 1.0, "phi": 0.5},
+    "usl-alexnet": {"method": "usl", "alpha": 0.5, "phi": 0.5},
+    "lsl-alexnet": {"method": "lsl"},
 }
 
 
