@@ -21,12 +21,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from sglr_ray.data import DATASETS
-from sglr_ray.methods import Method, MethodNotFoundError, get_method
+from sglr_ray.methods import METHODS, Method, MethodNotFoundError, get_method
 from sglr_ray.methods.phase import Phase, PhaseError
 from sglr_ray.methods.sglr import split_lr
 from sglr_ray.nodes.models import SPLIT_MODELS
 from sglr_ray.nodes.optim import LrSchedule
-from sglr_ray.settings import ConfigError, checked_value, flag, setting
+from sglr_ray.settings import ConfigError, MethodOption, checked_value, flag, setting
+
+# Each built-in method's own settings (methods/*.py `options`), one RunConfig field each.
+METHOD_OPTIONS: dict[str, MethodOption] = {n: o for m in METHODS.values() for n, o in m.options.items()}
 
 DEFAULT_ALPHA = 0.5  # the paper's Table 4 SGLR setting
 DEFAULT_PHI = 0.5
@@ -65,10 +68,6 @@ class RunConfig:
         f"(default {DEFAULT_PHI} where the method takes it)", low=0, high=1,
     )  # fmt: skip
     phase: str = setting("all", "when SplitAvg is on: all, initial:F (first ceil(F*E) epochs) or final:F")
-    local_epochs: int = setting(1, "fl only: passes a client makes over its own data per round", low=1)
-    global_batch_size: int = setting(
-        64, "gpsl only: samples per iteration over all clients, split among them by the server", low=1
-    )
     lr: float = setting(1e-3, "client learning rate (the server's is lr * C**alpha)", low=0, low_open=True)
     optimizer: str = setting("adam", "adam (betas 0.9/0.999) or sgd (momentum 0.9)", choices=("adam", "sgd"))
     client_optimizer_state: str = setting(
@@ -86,6 +85,9 @@ class RunConfig:
     )  # fmt: skip
     seed: int = setting(0, "seed for model init, partitions, shuffling and SplitAvg's active sets",
                         low=0, high=MAX_SEED)  # fmt: skip
+    # --- settings of some methods only: declared in their methods' files, fields here ---------
+    __annotations__.update({name: o.kind for name, o in METHOD_OPTIONS.items()})
+    locals().update({name: o.field for name, o in METHOD_OPTIONS.items()})
     # --- how it is scored --------------------------------------------------------------
     val_samples: int = setting(
         2000, "validation images scored after each epoch: a fixed class-balanced subset (0 = all 10k)", low=0
@@ -345,4 +347,4 @@ def check_setting_names(settings: dict[str, Any], where: str) -> dict[str, Any]:
 
 _HINTS = typing.get_type_hints(RunConfig)
 _FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
-METHOD_SETTINGS = ("local_epochs", "global_batch_size")  # read by the methods that list them in .settings
+METHOD_SETTINGS = tuple(METHOD_OPTIONS)  # read by the methods that declare them

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import field
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -46,6 +46,20 @@ def setting(
     meta = {"help": help, "identity": identity, "choices": choices, "low": low, "high": high,
             "low_open": low_open, "absent_means": absent_means}  # fmt: skip
     return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class MethodOption:
+    """A setting only some methods read, declared in the method's own file (methods/) and made a
+    RunConfig field like any other: flag, help, checks, run identity and analysis keys."""
+
+    kind: type  # int, float, str or bool
+    field: Any  # a `setting(...)` field: default, help, range
+
+
+def option(kind: type, default: Any, help: str, **rules: Any) -> MethodOption:
+    """A method's own setting: `option(int, 1, "fl only: passes ...", low=1)`."""
+    return MethodOption(kind, setting(default, help, **rules))
 
 
 def checked_value(f: dataclasses.Field, kind: type, value: Any) -> Any:

@@ -119,10 +119,9 @@ class Engine:
         nbytes = bottom_state_nbytes(self.config.model)
         ex.call(ex.server, Server.relay_model, from_client, to_client, nbytes)
 
-    def train_local(self, epoch: int) -> tuple[float, int]:
-        per_shard = self.ex.get(
-            [self.ex.call(shard, ClientShard.train_local, epoch) for shard in self.ex.shards]
-        )
+    def train_local(self, epoch: int, passes: int) -> tuple[float, int]:
+        ex = self.ex
+        per_shard = ex.get([ex.call(shard, ClientShard.train_local, epoch, passes) for shard in ex.shards])
         loss_sum, samples = map(sum, zip(*per_shard, strict=True))
         return loss_sum, samples
 

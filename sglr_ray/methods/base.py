@@ -34,6 +34,7 @@ import torch
 
 from sglr_ray.methods.roles import SPLIT_BOTTOM, ClientRole
 from sglr_ray.methods.schedules import PARALLEL, Engine, Schedule
+from sglr_ray.settings import MethodOption
 
 RunConfig = Any  # the run's settings (config.RunConfig); methods/ reads fields and never imports it
 
@@ -158,7 +159,7 @@ class Method:
     batch_plan: Callable[[RunConfig, int], BatchPlan] | None = None  # None: b from every client
     # Server FLOPs of one iteration, given top_flops(batch) -> FLOPs of a top-model step at that batch.
     server_flops: Callable[[Callable[[int], int], RunConfig], int] = joint_server_flops
-    settings: tuple[str, ...] = ()  # method-specific settings it reads (others must stay at default)
+    options: Mapping[str, MethodOption] = field(default_factory=dict)  # settings of its own (settings.option)
 
     def __post_init__(self) -> None:
         if not isinstance(self.schedule, Schedule):
@@ -166,6 +167,11 @@ class Method:
         unknown = set(self.fixed) - {"alpha", "phi"}
         if unknown:
             raise ValueError(f"method {self.name!r} fixes unknown knobs {sorted(unknown)}")
+
+    @property
+    def settings(self) -> tuple[str, ...]:
+        """The method-specific settings it reads (the others must stay at their defaults)."""
+        return tuple(self.options)
 
     @property
     def averages_clients(self) -> bool:

@@ -23,6 +23,11 @@ from collections.abc import Callable
 import numpy as np
 
 from sglr_ray.methods.base import BatchPlan, Method, RunConfig
+from sglr_ray.settings import option
+
+GLOBAL_BATCH_SIZE = option(
+    int, 64, "gpsl only: samples per iteration over all clients, split among them by the server", low=1
+)
 
 
 def global_sampling_plan(seed: int, epoch: int, sizes: list[int], global_batch: int) -> BatchPlan:
@@ -50,6 +55,6 @@ def global_batch_flops(top_flops: Callable[[int], int], config: RunConfig) -> in
 
 gpsl = Method(
     "gpsl", "PSL with global sampling: a fixed global batch B shared out by the data clients have left",
-    fixed={"phi": 0.0}, defaults={"alpha": 0.0}, batch_plan=plan_for, settings=("global_batch_size",),
-    server_flops=global_batch_flops,
+    fixed={"phi": 0.0}, defaults={"alpha": 0.0}, batch_plan=plan_for, server_flops=global_batch_flops,
+    options={"global_batch_size": GLOBAL_BATCH_SIZE},
 )  # fmt: skip

@@ -33,8 +33,8 @@ class Engine(Protocol):
     def hand_over(self, from_client: int, to_client: int) -> None:
         """SSL: `from_client`'s bottom weights go through the server to `to_client`."""
 
-    def train_local(self, epoch: int) -> tuple[float, int]:
-        """Every shard trains its clients' whole models on their own data."""
+    def train_local(self, epoch: int, passes: int) -> tuple[float, int]:
+        """Every shard trains its clients' whole models on their own data, `passes` times over it."""
 
     def upload_raw_data(self) -> None:
         """CL: every client's raw partition goes to the data centre (counted once)."""
@@ -156,7 +156,8 @@ class Local(Schedule):
     def train_epoch(self, engine: Engine, epoch: int) -> float:
         if self.pooled and epoch == 0:  # the clients' raw data goes to the data centre, once
             engine.upload_raw_data()
-        loss_sum, samples = engine.train_local(epoch)
+        passes = 1 if self.pooled else engine.config.local_epochs  # FL's option (methods/baselines.py)
+        loss_sum, samples = engine.train_local(epoch, passes)
         engine.progress(epoch, self.iterations_per_epoch(engine.config), loss_sum / samples)
         return loss_sum / samples
 

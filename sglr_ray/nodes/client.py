@@ -264,14 +264,14 @@ class ClientShard:
 
     # --- CL and FL: whole models trained on local data ------------------------------
 
-    def train_local(self, epoch: int) -> tuple[float, int]:
-        """Every client trains its whole model on its own data: `local_epochs` passes of batch b.
+    def train_local(self, epoch: int, passes: int = 1) -> tuple[float, int]:
+        """Every client trains its whole model on its own data: `passes` passes of batch b.
 
         Returns (sum of per-sample losses, samples) for the epoch's mean training loss.
         """
         if not self.role.whole_model:
             raise RuntimeError(f"--method {self.config.method} trains through the server, not locally")
-        passes, loss_sum, samples = self.config.local_epochs, 0.0, 0
+        loss_sum, samples = 0.0, 0
         self._round = None
         for client in self.clients:
             if self._one_model:  # FedAvg: every client starts the round from the global model

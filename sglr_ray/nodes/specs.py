@@ -23,7 +23,6 @@ class NodeSettings(Protocol):
     clients: int
     epochs: int
     batch_size: int
-    local_epochs: int
     lr: float  # the clients' learning rate
     optimizer: str
     lr_schedule: str
