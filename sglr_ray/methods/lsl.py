@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sglr_ray.methods.base import Method, RunConfig, ServerBatch, TopModels
-from sglr_ray.methods.roles import ClientRole, Parts
+from sglr_ray.methods.roles import ClientRole, Parts, StepContext
 from sglr_ray.methods.schedules import FlopCounts, Parallel
 
 AUX_SALT = 2  # the auxiliary head's seed is the run's + 2 (bottom: + 0, top: + 1)
@@ -45,7 +45,7 @@ class LocalLossClient(ClientRole):
         head = parts.seeded(lambda: auxiliary_head(parts.smashed_shape, parts.num_classes), AUX_SALT)
         return nn.ModuleDict({"bottom": parts.bottom(), "aux": head})
 
-    def forward(self, model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor):
+    def forward(self, model: nn.Module, optimizer: torch.optim.Optimizer, x, y, ctx: StepContext):
         smashed = model["bottom"](x)
         loss = F.cross_entropy(model["aux"](smashed), y)
         optimizer.zero_grad(set_to_none=True)

@@ -16,12 +16,30 @@ else reproducibly, `smashed_shape` and `num_classes` describe the cut.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 Parts = Any  # nodes.models.ModelParts (methods/ sits below nodes/ in the layers)
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """Where a hook runs: any randomness it draws is seeded by (seed, client_id, epoch, step), so
+    both executors, a replayed epoch and a resumed run draw the same numbers (`generator`)."""
+
+    seed: int
+    client_id: int
+    epoch: int
+    step: int
+
+    def generator(self, salt: int = 0) -> torch.Generator:
+        """A CPU generator seeded by the context and `salt` (one stream per use)."""
+        entropy = [self.seed, self.client_id, self.epoch, self.step, salt]
+        return torch.Generator().manual_seed(int(np.random.SeedSequence(entropy).generate_state(1)[0]))
 
 
 class ClientRole:
@@ -40,7 +58,12 @@ class ClientRole:
         return parts.top()
 
     def forward(
-        self, model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        ctx: StepContext,
     ) -> tuple[torch.Tensor, Any]:
         """(what goes up, what the client keeps for `backward`). Runs under the run's autocast."""
         s = model(x)

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sglr_ray.methods.base import Method, RunConfig
-from sglr_ray.methods.roles import ClientRole, Parts
+from sglr_ray.methods.roles import ClientRole, Parts, StepContext
 from sglr_ray.methods.schedules import Engine, FlopCounts, Parallel
 from sglr_ray.methods.sglr import split_avg
 
@@ -53,7 +53,7 @@ class UShapedClient(ClientRole):
     def build_server(self, parts: Parts) -> nn.Module | None:
         return parts.top()[:-TAIL_LAYERS]
 
-    def forward(self, model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor):
+    def forward(self, model: nn.Module, optimizer: torch.optim.Optimizer, x, y, ctx: StepContext):
         activations = model["head"](x)
         return activations, (activations, y)  # the labels wait here for the tail step
 

@@ -32,6 +32,7 @@ from torch import nn
 
 from sglr_ray.data import ImageSet, PreparedData, eval_slice
 from sglr_ray.methods.aggregate import weighted_state_sum
+from sglr_ray.methods.roles import StepContext
 from sglr_ray.nodes.batches import BatchDrawer
 from sglr_ray.nodes.grouped import GroupedBottoms, groupable
 from sglr_ray.nodes.models import ModelParts, smashed_shape, state_nbytes, weights_copy
@@ -203,7 +204,8 @@ class ClientShard:
             if len(y) == 0:  # a batch plan gave this client nothing this step
                 continue
             with self._autocast():
-                upload, kept = self.role.forward(client.model, client.optimizer, x, y.to(self.device))
+                ctx = StepContext(self.config.seed, client.client_id, epoch, step)
+                upload, kept = self.role.forward(client.model, client.optimizer, x, y.to(self.device), ctx)
             self._pending.append((client, kept))  # keeps the graph for apply_gradient
             smashed.append(upload.detach().cpu())
             labels.append(y if self.role.sends_labels else y[:0])  # U-shaped: labels stay here
