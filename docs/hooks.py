@@ -26,5 +26,5 @@ def settings_table() -> str:
     return "\n".join(rows)
 
 
-def on_page_markdown(markdown: str, page, config, files) -> str:  # noqa: ARG001 (MkDocs' signature)
+def on_page_markdown(markdown: str, page, config, files) -> str:
     return markdown.replace(MARKER, settings_table()) if MARKER in markdown else markdown
