@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 RUN_ARGS ?= --method sglr --model alexnet --clients 5 --alpha 0.5 --phi 0.5 --epochs 2 \
 	--val-samples 2000 --executor ray --out out/quickstart
 
-.PHONY: setup data run test test-fast lint clean flower-venv
+.PHONY: setup data run test test-fast lint docs clean flower-venv
 
 setup: $(BIN)/.installed data
 
@@ -31,7 +31,8 @@ data: $(BIN)/.installed
 run: setup
 	$(BIN)/sglr-ray run $(RUN_ARGS)
 
-# Unit and Ray tests in one pytest process, then the `ray job submit` test in its own:
+# Unit and Ray tests in one pytest process (tests/unit includes the README's and docs' examples
+# and examples/analysis.ipynb), then the `ray job submit` test in its own:
 # it starts a Ray head of its own and must not share the machine with the embedded one.
 test: setup
 	$(BIN)/python -m pytest -m "not cluster" -q
@@ -43,6 +44,10 @@ test-fast: setup
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# The documentation site (docs/, mkdocs.yml) into site/; --strict fails on a broken link or reference.
+docs: $(BIN)/.installed
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 # Flower's simulation for benchmarks/flower_peer.py, in a venv of its own: flwr pins its own
 # Ray (ray==2.55.1 for flwr 1.42.0), which cannot sit beside sglr-ray's Ray 2.60.
@@ -56,4 +61,4 @@ $(FLOWER_VENV)/.installed:
 	touch $@
 
 clean:
-	rm -rf out .pytest_cache .ruff_cache
+	rm -rf out site .pytest_cache .ruff_cache

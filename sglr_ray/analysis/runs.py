@@ -160,10 +160,11 @@ def load_runs(out: str | Path) -> pd.DataFrame:
     """Every run row under `<out>/runs`, whatever its status (empty frame if none). A row written
     before a setting existed gets the setting's default, which is how such a run ran (a new
     setting keeps the old behaviour as its default); rows from before `clients` was named so get
-    it from their `num_clients`."""
+    it from their `num_clients`, and rows from before `schema_version` read as version 1."""
     runs = _read_dir(out, "runs", RUNS_SCHEMA)
     if "num_clients" in runs.columns:
         runs = runs.assign(clients=runs.clients.fillna(runs.num_clients)).drop(columns="num_clients")
+    runs = runs.assign(schema_version=runs.schema_version.fillna(1).astype("int64"))
     # A setting added later fills with the value older runs ran with (absent_means), else its default.
     gaps = {f.name: f.metadata["absent_means"] or f.default for f in IDENTITY_FIELDS}
     gaps = {name: value for name, value in gaps.items() if value is not None and runs[name].isna().any()}

@@ -33,6 +33,9 @@ if TYPE_CHECKING:
     from sglr_ray.epochs import EpochResult
 
 _ARROW_TYPES = {int: pa.int64(), float: pa.float64(), str: pa.string(), bool: pa.bool_()}
+# The tables' layout version, recorded in every runs row: raise it with each change a reader must
+# know about, and record the change in CHANGELOG.md. Tables written before it existed read as 1.
+SCHEMA_VERSION = 2
 # One column per setting (config.py declares them), then what the run recorded.
 SETTINGS_COLUMNS = [(f.name, _ARROW_TYPES[setting_type(f)]) for f in config_fields() if f.name != "run_id"]
 RUNS_SCHEMA = pa.schema([
@@ -45,7 +48,7 @@ RUNS_SCHEMA = pa.schema([
     ("compute_energy_model_j", pa.float64()), ("tx_energy_model_j", pa.float64()),
     ("restarts", pa.int64()), ("resumes", pa.int64()),
     ("status", pa.string()), ("started_at", pa.string()), ("code_version", pa.string()),
-    ("machine", pa.string()), ("config_json", pa.string()),
+    ("machine", pa.string()), ("config_json", pa.string()), ("schema_version", pa.int64()),
 ])  # fmt: skip
 EPOCHS_SCHEMA = pa.schema([
     ("run_id", pa.string()), ("epoch", pa.int64()), ("train_loss", pa.float64()),
@@ -67,7 +70,7 @@ CLIENTS_SCHEMA = pa.schema([
     ("tx_energy_model_j", pa.float64()),
 ])  # fmt: skip
 LEAKAGE_SCHEMA = pa.schema([
-    ("run_id", pa.string()), ("method", pa.string()), ("model", pa.string()), ("num_clients", pa.int64()),
+    ("run_id", pa.string()), ("method", pa.string()), ("model", pa.string()), ("clients", pa.int64()),
     ("alpha", pa.float64()), ("phi", pa.float64()), ("epochs", pa.int64()), ("client_id", pa.int64()),
     ("samples", pa.int64()), ("aux_samples", pa.int64()), ("decoder_epochs", pa.int64()),
     ("mse", pa.float64()), ("psnr", pa.float64()), ("ssim", pa.float64()),
@@ -143,7 +146,7 @@ class ResultsWriter:
             "server_lr": config.server_lr, "epochs_done": 0,
             "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "code_version": code_version(), "machine": machine(), "config_json": config.to_json(),
-            "status": "running",
+            "status": "running", "schema_version": SCHEMA_VERSION,
             "energy_source": energy_source, "restarts": 0, "resumes": 0,
         }  # fmt: skip
         self.epoch_rows: list[dict[str, Any]] = []
@@ -225,7 +228,7 @@ class ResultsWriter:
         config, table = self.config, f"leakage/{self.run_id}.parquet"
         row = {
             "run_id": self.run_id, "method": config.method, "model": config.model,
-            "num_clients": config.clients, "alpha": config.alpha, "phi": config.phi,
+            "clients": config.clients, "alpha": config.alpha, "phi": config.phi,
             "epochs": len(self.epoch_rows), "aux_samples": config.leakage_aux_samples,
             "decoder_epochs": config.leakage_epochs, **result.as_row(),
         }  # fmt: skip

@@ -74,16 +74,19 @@ def test_parallel_sweep_runs_in_separate_processes(tmp_path):
     assert sweep.completed_runs(str(tmp_path / "out")) == set(done)
 
 
-GRIDS = Path(__file__).resolve().parents[2] / "results" / "grids"
+ROOT = Path(__file__).resolve().parents[2]
+GRIDS = sorted(ROOT.glob("results/*/grid*.yaml"))  # each study keeps its grid beside its tables
 
 
-@pytest.mark.parametrize("grid", sorted(p.name for p in GRIDS.glob("*.yaml")))
+@pytest.mark.parametrize("grid", GRIDS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_committed_grids_expand_and_name_their_results(grid, capsys, monkeypatch):
-    """Every grid in results/grids still expands under today's settings (a renamed or newly
-    checked setting would break the command that resumes it), and its dry run lists run files
-    under the grid's own output folder."""
-    monkeypatch.chdir(GRIDS.parents[1])  # grids name their output folders from the repository root
-    assert cli.run_grid(GRIDS / grid, parallel=1, dry_run=True) == 0
+    """Every study's grid still expands under today's settings (a renamed or newly checked
+    setting would break the command that resumes it), and its dry run lists run files under
+    the study's own folder."""
+    assert len(GRIDS) >= 9
+    monkeypatch.chdir(ROOT)  # grids name their output folders from the repository root
+    assert cli.run_grid(grid, parallel=1, dry_run=True) == 0
     listed = capsys.readouterr().out.splitlines()
     assert listed and all(line.split()[0] in ("todo", "done") for line in listed)
+    assert all(f"results/{grid.parent.name}/runs/" in line for line in listed)
     assert all("/runs/" in line and line.endswith(".parquet") for line in listed)
