@@ -46,6 +46,15 @@ def _values(values: Sequence[float]) -> np.ndarray:
     return np.asarray([v for v in values if not pd.isna(v)], dtype=float)
 
 
+# Differences whose spread is below this are equal: accuracies are counts over a fixed test set,
+# so equal differences differ only by float rounding (1e-14), where a t statistic means nothing.
+_NO_SPREAD = 1e-9
+
+
+def _no_spread(data: np.ndarray) -> bool:
+    return data.size < 2 or float(data.std(ddof=1)) < _NO_SPREAD
+
+
 def mean_ci(values: Sequence[float]) -> tuple[float, float, int]:
     """(mean, 95% half-width, n) of `values`, NaNs left out."""
     data = _values(values)
@@ -83,7 +92,7 @@ def paired_test(differences: Sequence[float]) -> PairedTest:
     all exactly zero happens where the two sides are the same computation)."""
     data = _values(differences)
     diff, half, n = mean_ci(data)
-    if n < 2 or float(data.std(ddof=1)) == 0.0:
+    if _no_spread(data):
         return PairedTest(diff, half, n, math.nan, math.nan)
     result = distributions.ttest_1samp(data, 0.0)
     return PairedTest(diff, half, n, float(result.statistic), float(result.pvalue))
@@ -105,7 +114,7 @@ def equivalence_test(differences: Sequence[float], margin: float) -> float:
     the larger of the one-sided t-tests of H0 mean <= -|margin| and H0 mean >= +|margin|.
     NaN without a test (fewer than 2 pairs, no spread, a missing or zero margin)."""
     data, bound = _values(differences), abs(margin) if not pd.isna(margin) else 0.0
-    if data.size < 2 or bound == 0.0 or float(data.std(ddof=1)) == 0.0:
+    if bound == 0.0 or _no_spread(data):
         return math.nan
     above_lower = distributions.ttest_1samp(data, -bound, alternative="greater").pvalue
     below_upper = distributions.ttest_1samp(data, bound, alternative="less").pvalue

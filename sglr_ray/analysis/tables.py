@@ -55,13 +55,14 @@ from sglr_ray.analysis.runs import (
 from sglr_ray.analysis.stats import paired_summary, summarise
 
 __all__ = [
-    "GRID_METHODS", "MB", "PLAIN", "SETTING", "STATS", "AmbiguousPairError", "MixedWorkloadError",
-    "accuracy_by_clients_alpha", "accuracy_by_clients_phi", "accuracy_by_phase", "accuracy_per_epoch",
-    "best_per_method", "communication_per_epoch", "compare_with_paper", "completed_runs", "convergence",
-    "drops_with_clients", "effective_method", "gain_over", "leakage_by_phi", "load_epochs", "load_leakage",
-    "load_runs", "means", "method_comparison", "paired_difference", "paired_pairs", "paired_with_plain",
-    "paired_with_throughout", "pairs_with", "pairs_with_throughout", "paper_reference", "server_saving",
-    "setting_label", "setting_labels", "split_workloads", "workload_columns", "workload_label"
+    "CONVERGED_POINTS", "GRID_METHODS", "MB", "PLAIN", "SETTING", "STATS", "AmbiguousPairError",
+    "MixedWorkloadError", "accuracy_by_clients_alpha", "accuracy_by_clients_phi", "accuracy_by_phase",
+    "accuracy_per_epoch", "best_per_method", "communication_per_epoch", "compare_with_paper",
+    "completed_runs", "convergence", "drops_with_clients", "effective_method", "gain_over", "last_gains",
+    "leakage_by_phi", "load_epochs", "load_leakage", "load_runs", "means", "method_comparison",
+    "paired_difference", "paired_pairs", "paired_with_plain", "paired_with_throughout", "pairs_with",
+    "pairs_with_throughout", "paper_reference", "server_saving", "setting_label", "setting_labels",
+    "split_workloads", "workload_columns", "workload_label"
 ]  # fmt: skip
 
 MB = 1e6
@@ -224,14 +225,30 @@ def accuracy_per_epoch(epochs: Source) -> pd.DataFrame:
     return frame.pivot_table(index="epoch", columns="setting", values="acc", aggfunc="mean")
 
 
+CONVERGED_POINTS = 0.5  # an epoch budget is enough where a run's last epochs gain less than this
+
+
 def convergence(epochs: Source, window: int = 2) -> pd.DataFrame:
     """The plateau check behind an epoch budget: per setting, the validation accuracy (points) of
     each run's last `window` epochs minus that of the `window` before them, as the largest over
-    seeds (`last_gain`) and the number of runs. A budget is enough when last_gain stays small."""
+    seeds (`last_gain`), the number of runs, and `over`: how many runs gained CONVERGED_POINTS
+    or more (they break the rule). A budget is enough when last_gain stays small."""
+    per_run = last_gains(epochs, window)
+    if per_run.empty:
+        return pd.DataFrame()
+    keys = [k for k in per_run.index.names if k not in ("run_id", "seed")]
+    grouped = per_run.groupby(level=keys, dropna=False)
+    over = (per_run >= CONVERGED_POINTS).groupby(level=keys, dropna=False).sum()
+    return _sort_methods(pd.DataFrame({"last_gain": grouped.max(), "runs": grouped.size(), "over": over}))
+
+
+def last_gains(epochs: Source, window: int = 2) -> pd.Series:
+    """Per run (index: the setting keys, seed and run_id): the validation accuracy (points) of its
+    last `window` epochs minus that of the `window` before; NaN for a run too short to tell."""
     epochs = load_epochs(epochs) if not isinstance(epochs, pd.DataFrame) else epochs
     epochs = epochs[epochs.status == "completed"]
     if epochs.empty:
-        return pd.DataFrame()
+        return pd.Series(dtype=float)
     keys = setting_keys(epochs)
     check_cells(epochs, keys)
 
@@ -241,9 +258,7 @@ def convergence(epochs: Source, window: int = 2) -> pd.DataFrame:
             return float("nan")
         return float(acc[-window:].mean() - acc[-2 * window : -window].mean())
 
-    per_run = epochs.groupby([*keys, "run_id"], dropna=False)[["epoch", "val_acc"]].apply(gain)
-    grouped = per_run.groupby(level=keys, dropna=False)
-    return _sort_methods(pd.DataFrame({"last_gain": grouped.max(), "runs": grouped.size()}))
+    return epochs.groupby([*keys, "seed", "run_id"], dropna=False)[["epoch", "val_acc"]].apply(gain)
 
 
 # ---------------------------------------------------------------- paired differences
@@ -324,7 +339,7 @@ def paired_with_plain(runs: Source) -> tuple[pd.DataFrame, list[str]]:
 def pairs_with(runs: Source, control: Mapping[str, Any]) -> tuple[pd.DataFrame, list[str]]:
     """Every setting of the runs but `control`'s (a filter such as {"method": "psl", "phase":
     "all"}) minus the control run at the same C, seed and test images: one row per pair (paired_pairs'
-    columns with `setting`, its label, `C` and the setting's method, alpha and phi), and a line per
+    columns with `setting`, its label, `C` and the setting's method, alpha, phi and phase), and a line per
     setting that could not be paired. Empty when no run matches the control."""
     runs = completed_runs(runs)
     frame = method_comparison(runs).reset_index()
@@ -342,7 +357,7 @@ def pairs_with(runs: Source, control: Mapping[str, Any]) -> tuple[pd.DataFrame, 
         except AmbiguousPairError as ex:
             skipped.append(f"{label}: {ex}")
             continue
-        knobs = {k: setting[k] for k in ("method", "alpha", "phi")}
+        knobs = {k: setting[k] for k in ("method", "alpha", "phi", "phase")}
         parts.append(pairs.rename(columns={"clients": "C"}).assign(setting=label, **knobs))
     return (pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()), skipped
 
