@@ -128,8 +128,10 @@ def pooled_test(differences: pd.DataFrame) -> PairedTest:
     Why this and not a mixed model (difference ~ 1 + C, random intercept per seed): the
     differences are already paired within C and seed, so the seed's shared share of both runs
     cancels in each; what a seed random effect would model is a seed that lifts the knob's
-    effect at every C, and with 3 seeds its variance is estimated from 3 values (statsmodels'
-    MixedLM lands on the boundary, variance 0, or fails to converge on these tables). The
+    effect at every C, and with 3 seeds its variance is estimated from 3 values: on
+    results/paper-table12 (diff ~ 1 + C(C), groups seed) statsmodels' MixedLM failed to converge
+    for 3 of the 5 settings, warned of a boundary estimate (seed variance 0.001-0.02 points^2)
+    for the fourth and hit a singular matrix for the fifth. The
     pooled t then asks a plain question, "is the knob's mean effect over the C grid zero?",
     with n - 1 degrees of freedom for n = (C values x seeds) pairs. It treats the differences
     as independent; `seed_means_test` is the check that does not (one mean per seed, n = seeds)."""
