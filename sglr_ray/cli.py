@@ -90,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="write report.md and plots/ for a results directory")
     report.add_argument("out", type=Path, help="results directory (with runs/, epochs/, clients/)")
     report.add_argument("--path", type=Path, help="where to write the report (default: OUT/report.md)")
+    report.add_argument(
+        "--include-superseded", action="store_true",
+        help="count runs that newer runs of today's defaults supersede (left out by default; the "
+        "report's provenance section lists them)",
+    )  # fmt: skip
     run.add_argument("--config", type=Path, help="YAML or TOML file of run settings; flags override it")
     run.add_argument(
         "--resume", metavar="OUT/RUN_ID",
@@ -258,7 +263,7 @@ def run_command(args: argparse.Namespace) -> int:
     if args.command == "sweep":
         return run_grid(args.grid, args.parallel, args.dry_run, args)
     if args.command == "report":
-        return write_report_for(args.out, args.path)
+        return write_report_for(args.out, args.path, args.include_superseded)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
         config = resumed_config(args) if args.resume else config_from_args(args)
@@ -270,13 +275,13 @@ def run_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def write_report_for(out: Path, path: Path | None) -> int:
+def write_report_for(out: Path, path: Path | None, include_superseded: bool = False) -> int:
     from sglr_ray.analysis.report import write_report  # matplotlib and pandas analysis: loaded only here
 
     if not (out / "runs").is_dir():
         print(f"sglr-ray: error: {str(out)!r} holds no runs/ directory of results", file=sys.stderr)
         return 2
-    print(f"report: {write_report(out, path)}")
+    print(f"report: {write_report(out, path, include_superseded)}")
     return 0
 
 

@@ -25,7 +25,8 @@ def means(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def paper_reference() -> dict[str, pd.DataFrame]:
-    """The paper's numbers: table1 (C x alpha), table2 (C x (alpha, phi)), table4 (per method: acc,
+    """The paper's numbers: table1 (C x alpha), table2 (C x (alpha, phi)), table3 (acc per
+    (C, alpha, phase), two cells), table4 (per method: acc,
     and the paper's PFLOPs per client, which count CL's whole compute on its one client) and
     table5 (reconstruction loss per phi). Accuracy in percent; NaN where the paper has '-'."""
     nan = float("nan")
@@ -45,11 +46,17 @@ def paper_reference() -> dict[str, pd.DataFrame]:
         {"acc": [90.5, 89.7, 89.3, 86.0, 84.7], "pflops_per_client": [2.944, 0.588, 0.031, 0.031, 0.031]},
         index=pd.Index(["cl", "fl", "sglr", "sfl", "psl"], name="method"),
     )  # fmt: skip
+    # Table 3 (alpha 1, phi 1, C = 20): only the two cells the claims quote, averaging throughout
+    # and averaging in the final 60% of the epochs.
+    table3 = pd.DataFrame(
+        {"acc": [60.67, 86.53]}, index=pd.MultiIndex.from_tuples([(20, 1.0, "all"), (20, 1.0, "final:0.6")],
+        names=["C", "alpha", "phase"]),
+    )  # fmt: skip
     table5 = pd.DataFrame(
         {"loss": [0.2153, 0.2142, 0.2166, 0.2296, 0.2759]},
         index=pd.Index([0.0, 0.25, 0.5, 0.75, 1.0], name="phi"),
     )
-    return {"table1": table1, "table2": table2, "table4": table4, "table5": table5}
+    return {"table1": table1, "table2": table2, "table3": table3, "table4": table4, "table5": table5}
 
 
 def compare_with_paper(ours: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
@@ -70,6 +77,34 @@ def compare_with_paper(ours: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
     mine = ours.loc[rows, shared]
     theirs = paper.reindex(keys[rows])[shared].set_axis(mine.index)
     return pd.concat({"ours": mine, "paper": theirs, "diff": mine - theirs}, axis=1, names=["source"])
+
+
+# The paper's model of each table: its differences are the effect to test ours against only where
+# our runs use the same architecture.
+_TABLES_OF_MODEL = {"resnet16": ("table1", "table2", "table3"), "alexnet": ("table4",)}
+
+
+def paper_difference(model: str, control: str, row: pd.Series) -> float:
+    """The paper's treatment-minus-control difference (points) for one comparison of ours: `row`
+    has C, method, alpha, phi, phase (the treatment); `control` is "psl" (Tables 1, 2 and 4),
+    "all" (Table 3: a phase minus averaging throughout) or a method name (Table 4: SGLR minus
+    that method, `row.method` then the rival). NaN where the paper has no such figure or its
+    table used another model family than `model`."""
+    ref, tables = paper_reference(), _TABLES_OF_MODEL.get(model.split("-")[0], ())
+    try:
+        if control == "all" and "table3" in tables:
+            acc = ref["table3"].acc
+            return acc[(row.C, row.alpha, row.phase)] - acc[(row.C, row.alpha, "all")]
+        if control == "psl" and "table1" in tables and row.phase == "all":
+            if row.phi == 0:
+                return ref["table1"].loc[row.C, row.alpha] - ref["table1"].loc[row.C, 0.0]
+            return ref["table2"].loc[row.C, (row.alpha, row.phi)] - ref["table2"].loc[row.C, (0.0, 0.0)]
+        if "table4" in tables and row.C == 5:
+            acc = ref["table4"].acc
+            return acc[row.method] - acc[control] if control == "psl" else acc["sglr"] - acc[row.method]
+    except KeyError:
+        pass  # the paper has no such cell
+    return float("nan")
 
 
 # ---------------------------------------------------------------- the trends the paper claims

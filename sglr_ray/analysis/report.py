@@ -14,9 +14,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from sglr_ray.analysis import significance
 from sglr_ray.analysis import tables as analysis
 from sglr_ray.analysis.markdown import decimals_for, markdown_table
+from sglr_ray.analysis.paper import paper_difference
 from sglr_ray.analysis.plots import write_plots
+from sglr_ray.analysis.provenance import provenance_lines, superseded
 from sglr_ray.analysis.sentences import (
     beats_sentence,
     leakage_sentence,
@@ -33,36 +36,25 @@ CI_NOTE = "half-width of the 95% confidence interval (Student t, n - 1 degrees o
 PAPER_NOTE = "The paper's figures (Fashion-MNIST; ResNet-16 in Tables 1-2, AlexNet, 5 clients in Table 4):"
 
 
-def machines_line(runs: pd.DataFrame) -> str | None:
-    """Which machines made the completed runs, with counts (runs recorded before the
-    `machine` column say nothing)."""
-    done = runs[runs.status == "completed"]
-    if "machine" not in done.columns or done.machine.isna().all():
-        return None
-    counts = done.machine.fillna("not recorded").value_counts()
-    parts = [f"{m}: {n} run{'' if n == 1 else 's'}" for m, n in counts.items()]
-    return f"Machines (driver's CPU, torch): {'; '.join(parts)}."
-
-
-def write_report(out: str | Path, path: str | Path | None = None) -> Path:
+def write_report(out: str | Path, path: str | Path | None = None, include_superseded: bool = False) -> Path:
     """Write the report for results directory `out` to `path` (default `<out>/report.md`) and its
-    plots to `plots/` beside it; return the report's path."""
+    plots to `plots/` beside it; return the report's path. Superseded runs (provenance.py) are
+    left out of every table unless `include_superseded`; the provenance section names them."""
     out = Path(out)
     if not (out / "runs").is_dir():
         raise FileNotFoundError(f"{out}/runs does not exist: pass a results directory (the --out of a run)")
     path = Path(path) if path is not None else out / "report.md"
-    runs = analysis.load_runs(out)
+    recorded = analysis.load_runs(out)
+    old = superseded(recorded) if not include_superseded else pd.Series(False, index=recorded.index)
+    runs = recorded[~old]
     epochs, leakage = analysis.load_epochs(out), analysis.load_leakage(out)
-    counts = runs.status.value_counts()
     lines = [
         f"# Results report: {out}",
         "",
-        f"Regenerate with `sglr-ray report {out}`. Only completed runs count "
-        f"({counts.get('completed', 0)} completed, {counts.get('running', 0)} running, "
-        f"{counts.get('failed', 0)} failed). Accuracy: final test top-1 in percent.",
+        f"Regenerate with `sglr-ray report {out}`{' --include-superseded' if include_superseded else ''}. "
+        "Only completed runs count (see Provenance at the end). Accuracy: final test top-1 in percent. "
+        f"Verdicts read Holm-adjusted p-values (family-wise error {significance.LEVEL:g} per table).",
     ]
-    if machines := machines_line(runs):
-        lines += ["", machines]
     workloads = analysis.split_workloads(runs)
     if not workloads:
         lines += ["", "No completed runs yet."]
@@ -72,6 +64,7 @@ def write_report(out: str | Path, path: str | Path | None = None) -> Path:
         lines += ["", f"## {label}"]
         lines += _tables(group, epochs[epochs.run_id.isin(ids)], _rows_of(leakage, ids))
         lines += write_plots(group, epochs[epochs.run_id.isin(ids)], path.parent, suffix)
+    lines += provenance_lines(recorded, recorded[old])
     _write_text_atomic(path, "\n".join(lines) + "\n")
     return path
 
@@ -86,6 +79,7 @@ def _tables(runs: pd.DataFrame, epochs: pd.DataFrame, leakage: pd.DataFrame) -> 
         *_clients_phi(runs),
         *_phase(runs),
         *_methods(runs),
+        *_sglr_against_each(runs),
         *_paired(runs),
         *_leakage(leakage),
         *_communication(epochs),
@@ -164,9 +158,10 @@ def _phase(runs: pd.DataFrame) -> list[str]:
 
 def _paired_phases(runs: pd.DataFrame) -> list[str]:
     """Each averaging phase minus averaging throughout, at the same C, alpha, seed and test images."""
-    table = analysis.paired_with_throughout(runs)
-    what = "Each phase minus averaging throughout (phase all) at the same C, alpha, seed and test images"
-    return _paired_section(table, [], "averaging throughout", "all", what) if not table.empty else []
+    pairs = analysis.pairs_with_throughout(runs)
+    what = "Each phase minus averaging throughout (phase all) at the same C, alpha, seed and test images."
+    title = "Paired differences against averaging throughout (accuracy points)"
+    return _tests_section(pairs, runs, "all", None, title, what) if not pairs.empty else []
 
 
 def _is_all(phase: object) -> bool:
@@ -238,13 +233,31 @@ def _convergence(epochs: pd.DataFrame) -> list[str]:
     table = analysis.convergence(epochs) if not epochs.empty else pd.DataFrame()
     if table.empty or table.last_gain.isna().all():
         return []
+    rule = analysis.CONVERGED_POINTS
     note = (
         "Validation accuracy of each run's last 2 epochs minus the 2 before (points; the largest over "
-        f"seeds). Largest in this table: {table.last_gain.max():+.2f}; the epoch budget counts as "
-        "converged where this stays under 0.5 points."
+        f"seeds); over: runs that gained {rule} points or more. Largest in this table: "
+        f"{table.last_gain.max():+.2f}; the epoch budget counts as converged where this stays under "
+        f"{rule} points."
     )
-    return _section(
-        "Convergence: the last epochs' gain", table.rename(columns={"last_gain": "gain"}), note, 2
+    shown = table.rename(columns={"last_gain": "gain"})
+    return [*_section("Convergence: the last epochs' gain", shown, note, 2), *_exceptions(epochs)]
+
+
+def _exceptions(epochs: pd.DataFrame) -> list[str]:
+    """The sentence that names the runs breaking the convergence rule (or says none does)."""
+    gains = analysis.last_gains(epochs).dropna()
+    over = gains[gains >= analysis.CONVERGED_POINTS]
+    if over.empty:
+        return _paragraphs(f"All {len(gains)} runs meet the convergence rule.")
+    frame = over.reset_index()
+    labels = analysis.setting_labels(frame)
+    named = [
+        f"{label} seed {seed} ({g:+.2f})" for label, seed, g in zip(labels, frame.seed, over, strict=True)
+    ]
+    return _paragraphs(
+        f"{len(over)} of {len(gains)} runs break the convergence rule (gain {analysis.CONVERGED_POINTS} "
+        f"points or more): {'; '.join(named)}. Their final accuracy may sit a few tenths under their plateau."
     )
 
 
@@ -283,33 +296,43 @@ def collapse_stats(table: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     return pd.DataFrame(cells, index=mean.index, columns=mean.columns), note
 
 
-# ---------------------------------------------------------------- paired differences against PSL
+# ---------------------------------------------------------------- paired differences and their tests
 
 
 def _paired(runs: pd.DataFrame) -> list[str]:
     """Every other setting minus the plain split engine (PSL) at the same C, seed and test images."""
-    table, skipped = analysis.paired_with_plain(runs)
     plain = analysis.PLAIN
-    what = f"Each setting minus {plain.upper()} at the same C, the same seed and the same test images"
-    return _paired_section(table, skipped, plain.upper(), plain, what) if not table.empty else []
+    pairs, skipped = analysis.pairs_with(runs, {"method": plain, "phase": "all"})
+    what = f"Each setting minus {plain.upper()} at the same C, the same seed and the same test images."
+    title = f"Paired differences against {plain.upper()} (accuracy points)"
+    lines = _tests_section(pairs, runs, plain, plain, title, what) if not pairs.empty else []
+    return [*lines, *_paragraphs(*(f"Not paired: {s}" for s in skipped))]
 
 
-def _paired_section(
-    table: pd.DataFrame, skipped: list[str], control: str, column: str, what: str
-) -> list[str]:
-    """`table`: paired_difference's columns indexed by (setting, C); `what` says what it subtracts."""
-    shown = pd.DataFrame({
-        "pairs": table.n.astype(int), "setting %": table.treatment, f"{column} %": table.control,
-        "difference": table["diff"],
-        "95% interval": [_interval(lo, hi) for lo, hi in zip(table.low, table.high, strict=True)],
-    })  # fmt: skip
-    note = f"{what}; the interval is Student t over the per-seed differences (one pair: none)."
-    shown = _section(f"Paired differences against {control} (accuracy points)", shown, note, decimals=2)
-    return [*shown, *_paragraphs(*(f"Not paired: {s}" for s in skipped))]
+def _sglr_against_each(runs: pd.DataFrame) -> list[str]:
+    """Table 4's own comparison: SGLR minus each other method, paired by seed (only where the runs
+    hold methods other than the grid's, as a Table 4 sweep does)."""
+    if not (runs.method.eq("sglr").any() and (~runs.method.isin(analysis.GRID_METHODS)).any()):
+        return []
+    pairs, _ = analysis.pairs_with(runs, {"method": "sglr"})
+    if pairs.empty:
+        return []
+    pairs = pairs.assign(treatment=pairs.control, control=pairs.treatment, diff=-pairs["diff"])
+    what = "SGLR minus each method (rows) at the same C, the same seed and the same test images."
+    title = "Paired differences: SGLR against each method (accuracy points)"
+    return _tests_section(pairs, runs, "sglr", None, title, what, ("sglr %", "method %"))
 
 
-def _interval(low: float, high: float) -> str:
-    return "" if pd.isna(low) else f"[{low:+.2f}, {high:+.2f}]"
+def _tests_section(
+    pairs: pd.DataFrame, runs: pd.DataFrame, control: str, control_label: str | None, title: str,
+    what: str, columns: tuple[str, str] | None = None,
+) -> list[str]:  # fmt: skip
+    """A table of paired comparisons with their tests (significance.tests_lines); `control` names
+    the paper's comparison (paper_difference)."""
+    model = str(runs.model.iloc[0])
+    paper = [paper_difference(model, control, row) for _, row in pairs.iterrows()]
+    lines = significance.tests_lines(pairs.assign(paper=paper), control_label, control, columns)
+    return ["", f"### {title}", "", what, *lines]
 
 
 def _write_text_atomic(path: Path, text: str) -> None:

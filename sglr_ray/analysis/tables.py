@@ -55,13 +55,14 @@ from sglr_ray.analysis.runs import (
 from sglr_ray.analysis.stats import paired_summary, summarise
 
 __all__ = [
-    "GRID_METHODS", "MB", "PLAIN", "SETTING", "STATS", "AmbiguousPairError", "MixedWorkloadError",
-    "accuracy_by_clients_alpha", "accuracy_by_clients_phi", "accuracy_by_phase", "accuracy_per_epoch",
-    "best_per_method", "communication_per_epoch", "compare_with_paper", "completed_runs", "convergence",
-    "drops_with_clients", "effective_method", "gain_over", "leakage_by_phi", "load_epochs",
-    "load_leakage", "load_runs", "means", "method_comparison", "paired_difference", "paired_with_plain",
-    "paired_with_throughout", "paper_reference", "server_saving", "setting_label", "setting_labels",
-    "split_workloads", "workload_columns", "workload_label",
+    "CONVERGED_POINTS", "GRID_METHODS", "MB", "PLAIN", "SETTING", "STATS", "AmbiguousPairError",
+    "MixedWorkloadError", "accuracy_by_clients_alpha", "accuracy_by_clients_phi", "accuracy_by_phase",
+    "accuracy_per_epoch", "best_per_method", "communication_per_epoch", "compare_with_paper",
+    "completed_runs", "convergence", "drops_with_clients", "effective_method", "gain_over", "last_gains",
+    "leakage_by_phi", "load_epochs", "load_leakage", "load_runs", "means", "method_comparison",
+    "paired_difference", "paired_pairs", "paired_with_plain", "paired_with_throughout", "pairs_with",
+    "pairs_with_throughout", "paper_reference", "server_saving", "setting_label", "setting_labels",
+    "split_workloads", "workload_columns", "workload_label"
 ]  # fmt: skip
 
 MB = 1e6
@@ -224,14 +225,30 @@ def accuracy_per_epoch(epochs: Source) -> pd.DataFrame:
     return frame.pivot_table(index="epoch", columns="setting", values="acc", aggfunc="mean")
 
 
+CONVERGED_POINTS = 0.5  # an epoch budget is enough where a run's last epochs gain less than this
+
+
 def convergence(epochs: Source, window: int = 2) -> pd.DataFrame:
     """The plateau check behind an epoch budget: per setting, the validation accuracy (points) of
     each run's last `window` epochs minus that of the `window` before them, as the largest over
-    seeds (`last_gain`) and the number of runs. A budget is enough when last_gain stays small."""
+    seeds (`last_gain`), the number of runs, and `over`: how many runs gained CONVERGED_POINTS
+    or more (they break the rule). A budget is enough when last_gain stays small."""
+    per_run = last_gains(epochs, window)
+    if per_run.empty:
+        return pd.DataFrame()
+    keys = [k for k in per_run.index.names if k not in ("run_id", "seed")]
+    grouped = per_run.groupby(level=keys, dropna=False)
+    over = (per_run >= CONVERGED_POINTS).groupby(level=keys, dropna=False).sum()
+    return _sort_methods(pd.DataFrame({"last_gain": grouped.max(), "runs": grouped.size(), "over": over}))
+
+
+def last_gains(epochs: Source, window: int = 2) -> pd.Series:
+    """Per run (index: the setting keys, seed and run_id): the validation accuracy (points) of its
+    last `window` epochs minus that of the `window` before; NaN for a run too short to tell."""
     epochs = load_epochs(epochs) if not isinstance(epochs, pd.DataFrame) else epochs
     epochs = epochs[epochs.status == "completed"]
     if epochs.empty:
-        return pd.DataFrame()
+        return pd.Series(dtype=float)
     keys = setting_keys(epochs)
     check_cells(epochs, keys)
 
@@ -241,9 +258,7 @@ def convergence(epochs: Source, window: int = 2) -> pd.DataFrame:
             return float("nan")
         return float(acc[-window:].mean() - acc[-2 * window : -window].mean())
 
-    per_run = epochs.groupby([*keys, "run_id"], dropna=False)[["epoch", "val_acc"]].apply(gain)
-    grouped = per_run.groupby(level=keys, dropna=False)
-    return _sort_methods(pd.DataFrame({"last_gain": grouped.max(), "runs": grouped.size()}))
+    return epochs.groupby([*keys, "seed", "run_id"], dropna=False)[["epoch", "val_acc"]].apply(gain)
 
 
 # ---------------------------------------------------------------- paired differences
@@ -274,16 +289,11 @@ def _one_per_pair(side: pd.DataFrame, keys: list[str], name: str) -> pd.DataFram
     return side[[*keys, "acc"]].rename(columns={"acc": name})
 
 
-def paired_difference(
+def paired_pairs(
     runs: Source, treatment: Filter, control: Filter, by: Sequence[str] = ("clients",)
 ) -> pd.DataFrame:
-    """Treatment minus control in final test accuracy (points), paired: the same `by` values, the
-    same seed and the same evaluation images (test_set_digest). Each filter is a mapping
-    {column: value} (e.g. {"method": "sglr", "alpha": 0.5}) or a callable from the runs frame to
-    a mask, and may match at most one run per pair. The runs must be one workload apart from the
-    settings the two sides and `by` vary. Returns per `by` group: treatment and control means,
-    diff (mean difference), ci95 (half-width of its 95% interval, Student t), low, high, n pairs;
-    a group without a complete pair is left out."""
+    """The pairs behind paired_difference, one row each: the `by` values, seed, test_set_digest,
+    treatment and control accuracy (%) and diff (treatment - control, points)."""
     runs = completed_runs(runs)
     runs = runs.assign(acc=100 * runs.final_test_acc, test_set_digest=runs.test_set_digest.fillna(""))
     picked_t, picked_c = _select(runs, treatment), _select(runs, control)
@@ -295,7 +305,21 @@ def paired_difference(
     pairs = _one_per_pair(runs[picked_t], keys, "treatment").merge(
         _one_per_pair(runs[picked_c], keys, "control"), on=keys, how="inner"
     )
-    return paired_summary(pairs, by)
+    return pairs.assign(diff=pairs.treatment - pairs.control)
+
+
+def paired_difference(
+    runs: Source, treatment: Filter, control: Filter, by: Sequence[str] = ("clients",)
+) -> pd.DataFrame:
+    """Treatment minus control in final test accuracy (points), paired: the same `by` values, the
+    same seed and the same evaluation images (test_set_digest). Each filter is a mapping
+    {column: value} (e.g. {"method": "sglr", "alpha": 0.5}) or a callable from the runs frame to
+    a mask, and may match at most one run per pair. The runs must be one workload apart from the
+    settings the two sides and `by` vary. Returns per `by` group: treatment and control means,
+    diff (mean difference), ci95 (half-width of its 95% interval, Student t), low, high, n pairs,
+    t and p (two-sided test of a zero difference), positive (pairs above zero); a group without
+    a complete pair is left out."""
+    return paired_summary(paired_pairs(runs, treatment, control, by), list(by))
 
 
 # The plain split engine: what every grid method computes with alpha 0 and phi 0 (PSL).
@@ -308,47 +332,63 @@ def paired_with_plain(runs: Source) -> tuple[pd.DataFrame, list[str]]:
     Returns the paired_difference columns indexed by (setting label, C), empty when the runs have
     no PLAIN run or nothing pairs with one, and a line per setting that could not be paired.
     """
+    pairs, skipped = pairs_with(runs, {"method": PLAIN, "phase": "all"})
+    return _summary_by_setting(pairs), skipped
+
+
+def pairs_with(runs: Source, control: Mapping[str, Any]) -> tuple[pd.DataFrame, list[str]]:
+    """Every setting of the runs but `control`'s (a filter such as {"method": "psl", "phase":
+    "all"}) minus the control run at the same C, seed and test images: one row per pair (paired_pairs'
+    columns with `setting`, its label, `C` and the setting's method, alpha, phi and phase), and a line per
+    setting that could not be paired. Empty when no run matches the control."""
     runs = completed_runs(runs)
     frame = method_comparison(runs).reset_index()
-    if frame.empty or not frame.method.eq(PLAIN).any():
+    if frame.empty or not _select(runs, control).any():
         return pd.DataFrame(), []
-    control = {"method": PLAIN, "phase": "all"}
     method_settings = [k for k in setting_keys(frame) if k not in SETTING]
     keys = [k for k in frame.columns if k in SETTING and k != "C"] + method_settings
-    rows, skipped = {}, []
+    parts, skipped = [], []
     for setting in frame[keys].drop_duplicates().to_dict("records"):
-        if setting["method"] == PLAIN:
+        if all(setting.get(k) == v for k, v in control.items()):
             continue
         label = setting_labels(pd.DataFrame([setting]).assign(C=None), with_clients=False)[0]
         try:
-            table = paired_difference(runs, setting, control, by=["clients"])
+            pairs = paired_pairs(runs, setting, control, by=["clients"])
         except AmbiguousPairError as ex:
             skipped.append(f"{label}: {ex}")
             continue
-        rows.update({(label, clients): row for clients, row in table.iterrows()})
-    return _by_setting_and_clients(rows), skipped
+        knobs = {k: setting[k] for k in ("method", "alpha", "phi", "phase")}
+        parts.append(pairs.rename(columns={"clients": "C"}).assign(setting=label, **knobs))
+    return (pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()), skipped
 
 
 def paired_with_throughout(runs: Source) -> pd.DataFrame:
     """Each averaging phase minus averaging throughout (phase "all"), both with phi = 1, at the
     same C, alpha, seed and test images: Table 3's comparison. The paired_difference columns
     indexed by (phase label, C); empty when nothing pairs."""
+    return _summary_by_setting(pairs_with_throughout(runs))
+
+
+def pairs_with_throughout(runs: Source) -> pd.DataFrame:
+    """paired_with_throughout's pairs, one row each (paired_pairs' columns with `setting`, `C`,
+    alpha and phase)."""
     runs = completed_runs(runs)
     phased = runs[runs.method.isin(GRID_METHODS) & (runs.phi == 1)]
     settings = phased[["alpha", "phase"]].drop_duplicates().sort_values(["alpha", "phase"])
-    rows = {}
+    parts = []
     for alpha, phase in settings.itertuples(index=False):
         if phase == "all":
             continue
         label = phase if phased.alpha.nunique() == 1 else f"{phase} a={alpha:g}"
-        table = paired_difference(phased, {"phase": phase, "alpha": alpha}, {"phase": "all", "alpha": alpha})
-        rows.update({(label, clients): row for clients, row in table.iterrows()})
-    return _by_setting_and_clients(rows)
+        pairs = paired_pairs(phased, {"phase": phase, "alpha": alpha}, {"phase": "all", "alpha": alpha})
+        parts.append(pairs.rename(columns={"clients": "C"}).assign(setting=label, alpha=alpha, phase=phase))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
-def _by_setting_and_clients(rows: dict[tuple[str, int], pd.Series]) -> pd.DataFrame:
-    if not rows:
+def _summary_by_setting(pairs: pd.DataFrame) -> pd.DataFrame:
+    """paired_summary per (setting, C), settings in their order of first appearance."""
+    if pairs.empty:
         return pd.DataFrame()
-    table = pd.DataFrame.from_dict(rows, orient="index")
-    table.index = pd.MultiIndex.from_tuples(table.index, names=["setting", "C"])
-    return table
+    order = list(dict.fromkeys(pairs.setting))
+    table = paired_summary(pairs, ["setting", "C"])
+    return table.reindex(sorted(table.index, key=lambda k: (order.index(k[0]), k[1])))

@@ -23,7 +23,8 @@ NUM_CLASSES = 10
 
 # --- AlexNet (SPEC section 3: client = first conv layer + max-pool) ----------
 # Widths are a narrow AlexNet for 32x32 greyscale input, sized so an epoch of
-# 5 clients x 1000 samples trains in seconds on two CPU cores.
+# 5 clients x 1000 samples trains in seconds on two CPU cores ("alexnet"; the
+# standard widths are "alexnet-paper" below).
 
 
 def alexnet_bottom() -> nn.Module:
@@ -50,6 +51,44 @@ def alexnet_top() -> nn.Module:
         nn.Linear(64 * 4 * 4, 256),
         nn.ReLU(inplace=True),
         nn.Linear(256, NUM_CLASSES),
+    )
+
+
+# --- AlexNet at the standard widths (issue 29 item 4) --------------------------
+# torchvision's AlexNet widths: convs 64, 192, 384, 256, 256 and two 4096-wide fully
+# connected layers, for 1x32x32 input. A 32x32 image cannot take torchvision's 11x11
+# stride-4 stem and three 3x3 stride-2 pools (the map is 1x1 before conv3), so the stem is
+# 5x5 stride 1 and every pool 2x2, as in the narrow model above: 32 -> 16 -> 8 -> 4, and the
+# classifier sees 256 x 4 x 4 = 4096 features where torchvision's sees 256 x 6 x 6. No
+# dropout (module docstring). The client holds the first conv block, as the paper splits it.
+
+
+def alexnet_paper_bottom() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 64, kernel_size=5, padding=2),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),  # -> 64 x 16 x 16
+    )
+
+
+def alexnet_paper_top() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(64, 192, kernel_size=5, padding=2),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),  # -> 192 x 8 x 8
+        nn.Conv2d(192, 384, kernel_size=3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(384, 256, kernel_size=3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(256, 256, kernel_size=3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),  # -> 256 x 4 x 4
+        nn.Flatten(),
+        nn.Linear(256 * 4 * 4, 4096),
+        nn.ReLU(inplace=True),
+        nn.Linear(4096, 4096),
+        nn.ReLU(inplace=True),
+        nn.Linear(4096, NUM_CLASSES),
     )
 
 
@@ -117,6 +156,7 @@ class SplitModel:
 
 SPLIT_MODELS: dict[str, SplitModel] = {
     "alexnet": SplitModel("alexnet", alexnet_bottom, alexnet_top),
+    "alexnet-paper": SplitModel("alexnet-paper", alexnet_paper_bottom, alexnet_paper_top),
     "resnet16": SplitModel("resnet16", resnet16_bottom, resnet16_top),
 }
 

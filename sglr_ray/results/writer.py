@@ -122,6 +122,14 @@ def write_table_atomic(rows: list[dict[str, Any]], schema: pa.Schema | None, pat
         pq.write_table(table, tmp)
 
 
+def appended(recorded: str | None, current: str) -> str:
+    """A provenance column after one more start: the recorded starts' values (joined by " + "),
+    then `current` where it differs from every one of them. A row written before the column
+    existed records nothing, so its value starts with `current`."""
+    parts = [part for part in (recorded or "").split(" + ") if part]
+    return " + ".join(dict.fromkeys([*parts, current]))
+
+
 def read_run_settings(out: str, run_id: str) -> dict[str, Any]:
     """The settings a recorded run was started with (for --resume), checked to be resumable."""
     store, rel, address = Storage(out), f"runs/{run_id}.parquet", join_run(out, run_id)
@@ -158,10 +166,10 @@ class ResultsWriter:
         checkpoint's) and drop later ones, which the resumed run records again."""
         tables = {name: self.store.read_table(rel).to_pylist() for name, rel in self.files.items()}
         (previous,) = tables["runs"]
-        machines = [m for m in (previous.get("machine"), machine()) if m]  # recorded before: none
         self.run_row.update(
-            started_at=previous["started_at"], code_version=previous["code_version"],
-            machine=" + ".join(dict.fromkeys(machines)), resumes=(previous["resumes"] or 0) + 1,
+            started_at=previous["started_at"], resumes=(previous["resumes"] or 0) + 1,
+            code_version=appended(previous.get("code_version"), code_version()),
+            machine=appended(previous.get("machine"), machine()),
         )  # fmt: skip
         self.epoch_rows = [r for r in tables["epochs"] if r["epoch"] < first_epoch]
         self.client_rows = [r for r in tables["clients"] if r["epoch"] < first_epoch]

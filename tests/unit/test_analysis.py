@@ -266,7 +266,7 @@ def test_report_sections_per_workload_skip_single_c_grids(tmp_path):
     text = write_report(out, tmp_path / "elsewhere" / "r.md").read_text()
     assert text.count("\n## alexnet, fashion-mnist (iid), ") == 2
     assert "### Table 1" not in text and "### Table 2" not in text  # one C in each workload
-    methods, leaks = text.split("\n## ")[1:]
+    methods, leaks = text.split("\n## Provenance")[0].split("\n## ")[1:]
     assert "### Table 4" in methods and "### Table 5" not in methods
     assert "SGLR beats PSL: yes (+4.00 points)" in methods and "in the paper (C=5)" in methods
     assert "### Table 5" in leaks
@@ -320,7 +320,11 @@ def test_the_report_counts_completed_runs_per_machine(tmp_path):
         run_row("e", seed=4),  # recorded before the column existed
     ]
     text = write_report(write_results(tmp_path / "o", runs)).read_text()
-    assert (
-        "Machines (driver's CPU, torch): Intel Xeon x2, torch 2.14.1: 2 runs; "
-        "AMD EPYC x2, torch 2.14.1: 1 run; not recorded: 1 run." in text
+    provenance = text.split("## Provenance")[1]
+    counts = (
+        "| Intel Xeon x2, torch 2.14.1 | 2 |",
+        "| AMD EPYC x2, torch 2.14.1 | 1 |",
+        "| not recorded | 1 |",
     )
+    assert all(line in provenance for line in counts)
+    assert "5 runs recorded: 4 completed, 0 running, 1 failed" in provenance

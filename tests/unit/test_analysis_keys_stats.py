@@ -113,6 +113,9 @@ def test_check_cells_refuses_a_cell_of_two_settings(tmp_path):
 # ---------------------------------------------------------------- statistics
 
 
+# Closed forms of the 0.975 quantile: t(1) is Cauchy, tan(0.475 pi); t(2) is (2p - 1) / sqrt(2p(1 - p)).
+T1_975 = math.tan(0.475 * math.pi)
+T2_975 = 0.95 / math.sqrt(2 * 0.975 * 0.025)
 T_975_PUBLISHED = {1: 12.706, 2: 4.303, 3: 3.182, 5: 2.571, 10: 2.228, 20: 2.086, 30: 2.042, 40: 2.021,
                    60: 2.000, 120: 1.980, 1000: 1.962}  # fmt: skip
 
@@ -141,17 +144,17 @@ def test_confidence_intervals_of_means():
     assert math.isnan(stats.t_975(0)) and math.isnan(stats.ci95_half_width(1.0, 1))
     mean, half, n = stats.mean_ci([1.0, 2.0, 4.0, float("nan")])
     assert (mean, n) == (pytest.approx(7 / 3), 3)
-    assert half == pytest.approx(4.3027 * math.sqrt(7 / 3) / math.sqrt(3))  # std of 1, 2, 4: sqrt(7/3)
+    assert half == pytest.approx(T2_975 * math.sqrt(7 / 3) / math.sqrt(3))  # std of 1, 2, 4: sqrt(7/3)
     frame = pd.DataFrame({"g": ["a", "a", "b"], "v": [1.0, 3.0, 5.0]})
     table = stats.summarise(frame, ["g"], "v")
     assert list(table.columns) == ["mean", "std", "ci95", "n"]
-    assert table.loc["a"].tolist() == pytest.approx([2.0, math.sqrt(2), 12.7062, 2])
+    assert table.loc["a"].tolist() == pytest.approx([2.0, math.sqrt(2), T1_975, 2])
     assert math.isnan(table.loc["b", "ci95"])
 
 
 def test_table1_carries_confidence_intervals(grid_out):
     table = analysis.accuracy_by_clients_alpha(grid_out)
-    assert table.loc[4, (0.0, "ci95")] == pytest.approx(12.7062)  # t(1) * sqrt(2) / sqrt(2)
+    assert table.loc[4, (0.0, "ci95")] == pytest.approx(T1_975)  # t(1) * sqrt(2) / sqrt(2)
 
 
 # ---------------------------------------------------------------- paired differences
@@ -176,7 +179,7 @@ def test_paired_difference_known_answer(tmp_path):
     table = analysis.paired_difference(out, {"method": "sglr"}, {"method": "psl"})
     assert table.index.name == "clients" and list(table.index) == [4, 10]
     four, ten = table.loc[4], table.loc[10]
-    half = 4.3027 * math.sqrt(7 / 3) / math.sqrt(3)  # t(2) * std(1, 2, 4) / sqrt(3)
+    half = T2_975 * math.sqrt(7 / 3) / math.sqrt(3)  # t(2) * std(1, 2, 4) / sqrt(3)
     assert four.n == 3 and four["diff"] == pytest.approx(7 / 3) and four.ci95 == pytest.approx(half)
     assert (four.low, four.high) == (pytest.approx(7 / 3 - half), pytest.approx(7 / 3 + half))
     assert four.control == pytest.approx(81.0) and four.treatment == pytest.approx(81.0 + 7 / 3)

@@ -19,6 +19,7 @@ from sglr_ray.execution import checkpoint
 from sglr_ray.execution.driver import run_epoch, run_experiment
 from sglr_ray.execution.local import LocalExecutor
 from sglr_ray.measure.energy import NoMeter
+from sglr_ray.results.writer import appended
 from sglr_ray.version import machine
 
 COMPARED = ["epoch", "train_loss", "val_acc", "test_acc", "bytes_up", "bytes_down", "bytes_server_sent"]
@@ -66,6 +67,7 @@ def test_resume_after_a_crash_records_every_epoch_once_with_uninterrupted_number
 
 
 def test_a_run_records_its_machine_and_a_resume_elsewhere_adds_the_other(tiny_config, tmp_out, monkeypatch):
+    # The same for the code version: a resume under other code appends it (issue 29 item 5).
     config = tiny_config(method="psl", clients=2, epochs=3, checkpoint_every=1, out=tmp_out, run_id="moved")
 
     def crash_after_epoch_0(result):
@@ -74,12 +76,29 @@ def test_a_run_records_its_machine_and_a_resume_elsewhere_adds_the_other(tiny_co
 
     with pytest.raises(RuntimeError):
         run_experiment(config, on_epoch=crash_after_epoch_0)
-    first = pd.read_parquet(f"{tmp_out}/runs/moved.parquet").machine[0]
+    recorded = pd.read_parquet(f"{tmp_out}/runs/moved.parquet")
+    first, version = recorded.machine[0], recorded.code_version[0]
     assert "torch" in first and first == machine()
     monkeypatch.setattr("sglr_ray.results.writer.machine", lambda: "Other CPU x64, torch 9.9")
+    monkeypatch.setattr("sglr_ray.results.writer.code_version", lambda: "9.9.9+gother")
     run_experiment(config, resume=True)
     runs = pd.read_parquet(f"{tmp_out}/runs/moved.parquet")
     assert runs.status[0] == "completed" and runs.machine[0] == f"{first} + Other CPU x64, torch 9.9"
+    assert runs.code_version[0] == f"{version} + 9.9.9+gother"
+
+
+@pytest.mark.parametrize(
+    ("recorded", "current", "expected"),
+    [
+        (None, "b", "b"),  # a row from before the column existed
+        ("a", "a", "a"),
+        ("a", "b", "a + b"),
+        ("a + b", "a", "a + b"),  # back on the first machine: named once
+        ("a + b", "c", "a + b + c"),
+    ],
+)
+def test_provenance_appends_each_new_start(recorded, current, expected):
+    assert appended(recorded, current) == expected
 
 
 def test_killed_driver_process_resumes_from_the_command_line(tmp_out):

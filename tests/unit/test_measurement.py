@@ -26,6 +26,17 @@ def test_alexnet_client_flops_match_hand_count():
     assert bottom_step_flops("alexnet", 8) == 8 * per_sample
 
 
+def test_alexnet_paper_flops_match_hand_count():
+    # Client: conv 1->64, 5x5, on 32x32 outputs, forward and weight gradient. Server forward: convs
+    # 64->192 5x5 on 16x16, 192->384, 384->256, 256->256 3x3 on 8x8, then 4096->4096->4096->10.
+    client = 2 * (2 * 64 * 25 * 32 * 32)
+    convs = 2 * (192 * 64 * 25 * 16 * 16 + (384 * 192 + 256 * 384 + 256 * 256) * 9 * 8 * 8)
+    linears = 2 * (4096 * 4096 * 2 + 4096 * 10)
+    # Server backward: weight and input gradients everywhere, twice the forward.
+    assert bottom_step_flops("alexnet-paper", 8) == 8 * client
+    assert top_step_flops("alexnet-paper", 8) == 8 * 3 * (convs + linears)
+
+
 def counted_by_torch(model: nn.Module, x: torch.Tensor, loss: bool) -> int:
     """torch's own FlopCounterMode over a real training step (forward, loss, backward)."""
     with FlopCounterMode(display=False) as counter:

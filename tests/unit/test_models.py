@@ -10,6 +10,8 @@ from sglr_ray.nodes.models import SPLIT_MODELS, count_parameters, seeded
 
 @pytest.mark.parametrize("name, bottom_params, top_params", [
     ("alexnet", 832, 578_698),
+    # conv 1->64 5x5: 64*25 + 64; convs 192, 384, 256, 256 and 4096, 4096, 10 linear on the server
+    ("alexnet-paper", 1_664, 307_392 + 663_936 + 884_992 + 590_080 + 16_781_312 + 16_781_312 + 40_970),
     ("resnet16", 42_608, 206_346),  # SPEC: about 43k client, about 206k server
 ])  # fmt: skip
 def test_parameter_counts(name, bottom_params, top_params):
@@ -18,11 +20,14 @@ def test_parameter_counts(name, bottom_params, top_params):
     assert count_parameters(split.build_top()) == top_params
 
 
+SMASHED_CHANNELS = {"alexnet": 32, "alexnet-paper": 64, "resnet16": 32}
+
+
 @pytest.mark.parametrize("name", SPLIT_MODELS)
 def test_smashed_shape_and_logits(name):
     split = SPLIT_MODELS[name]
     smashed = split.build_bottom()(torch.zeros(3, 1, 32, 32))
-    assert tuple(smashed.shape) == (3, 32, 16, 16)
+    assert tuple(smashed.shape) == (3, SMASHED_CHANNELS[name], 16, 16)
     assert tuple(split.build_top()(smashed).shape) == (3, 10)
 
 
