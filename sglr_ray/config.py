@@ -83,6 +83,18 @@ class RunConfig:
         "fp32", "fp32, or bf16 autocast for forward and backward (weights and optimizer state stay fp32; "
         "smashed data and gradients travel as bf16)", choices=("fp32", "bf16"),
     )  # fmt: skip
+    loss: str = setting(
+        "cross-entropy", "training loss of the split and whole models: cross-entropy, or bce-softmax (binary "
+        "cross-entropy of the softmax outputs against one-hot targets, the authors' released code; a "
+        "control, not the paper's stated loss)", choices=("cross-entropy", "bce-softmax"),
+        absent_means="cross-entropy",
+    )  # fmt: skip
+    split_gradient: str = setting(
+        "per-client", "what a client's split-layer gradient is: per-client (G_i = dL_i/ds_i, SPEC section 2) "
+        "or joint-slice (its rows of dL/ds for the joint mean loss, 1/C of G_i with equal batches, as the "
+        "authors' released code returns; a control)", choices=("per-client", "joint-slice"),
+        absent_means="per-client",
+    )  # fmt: skip
     seed: int = setting(0, "seed for model init, partitions, shuffling and SplitAvg's active sets",
                         low=0, high=MAX_SEED)  # fmt: skip
     # --- settings of some methods only: declared in their methods' files, fields here ---------

@@ -110,12 +110,19 @@ def scaled_gradients(batch: ServerBatch, grad: torch.Tensor) -> dict[int, torch.
     return {c: grad[rows] * (total / n) for (c, rows), n in zip(batch.rows(), batch.sizes, strict=True)}
 
 
+def joint_slices(batch: ServerBatch, grad: torch.Tensor) -> dict[int, torch.Tensor]:
+    """Each client's rows of dL/ds for the joint mean loss, unscaled: what the authors' released code
+    returns (--split-gradient joint-slice, a control; 1/C of G_i with equal batches)."""
+    return {c: grad[rows] for c, rows in batch.rows()}
+
+
 def joint_step(server: TopModels, batch: ServerBatch, epoch: int, step: int) -> tuple[float, dict]:
     """PSL's server step: ONE forward and ONE loss over the concatenated batch (the mean
     cross-entropy, which is sum_i (n_i/N) L_i), one optimizer step, then G_i."""
     smashed = batch.smashed.requires_grad_(True)
     loss = server.train_top(0, smashed, batch.labels)
-    return loss.item(), scaled_gradients(batch, smashed.grad)
+    split = joint_slices if server.config.split_gradient == "joint-slice" else scaled_gradients
+    return loss.item(), split(batch, smashed.grad)
 
 
 def joint_server_flops(top_flops: Callable[[int], int], config: RunConfig) -> int:

@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from sglr_ray.data import ImageSet, PreparedData, eval_slice
@@ -36,7 +35,14 @@ from sglr_ray.methods.roles import StepContext
 from sglr_ray.nodes.batches import BatchDrawer
 from sglr_ray.nodes.grouped import GroupedBottoms, groupable
 from sglr_ray.nodes.models import ModelParts, smashed_shape, state_nbytes, weights_copy
-from sglr_ray.nodes.optim import LrSchedule, autocast, make_optimizer, optimizer_state_copy, set_lr
+from sglr_ray.nodes.optim import (
+    LrSchedule,
+    autocast,
+    classification_loss,
+    make_optimizer,
+    optimizer_state_copy,
+    set_lr,
+)
 from sglr_ray.nodes.protocol import GradientDelivery, ModelUpload, SmashedBatch
 from sglr_ray.nodes.scoring import count_correct
 from sglr_ray.nodes.specs import NodeSettings
@@ -284,7 +290,7 @@ class ClientShard:
                 for step in range(steps):
                     x, y = self._batch(client, local_epoch, step)
                     with self._autocast():
-                        loss = F.cross_entropy(client.model(x), y.to(self.device))
+                        loss = classification_loss(client.model(x), y.to(self.device), self.config.loss)
                     client.optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     client.optimizer.step()

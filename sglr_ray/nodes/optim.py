@@ -78,3 +78,15 @@ def _cloned(value: object) -> object:
     if isinstance(value, list):
         return [_cloned(v) for v in value]
     return copy.deepcopy(value)
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor, kind: str) -> torch.Tensor:
+    """The mean training loss (--loss): cross-entropy, or the authors' code's binary cross-entropy
+    of the softmax outputs against one-hot targets, averaged over samples and classes."""
+    if kind == "cross-entropy":
+        return torch.nn.functional.cross_entropy(logits, labels)
+    if kind == "bce-softmax":
+        probs = torch.softmax(logits.float(), dim=1)
+        targets = torch.nn.functional.one_hot(labels, logits.shape[1]).to(probs.dtype)
+        return torch.nn.functional.binary_cross_entropy(probs, targets)
+    raise ValueError(f"unknown loss {kind!r}; choose cross-entropy or bce-softmax")

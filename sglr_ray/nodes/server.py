@@ -16,12 +16,11 @@ import copy
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from sglr_ray.methods.aggregate import fedavg, weighted_state_sum
 from sglr_ray.methods.base import ServerBatch
 from sglr_ray.nodes.models import ModelParts, weights_copy
-from sglr_ray.nodes.optim import LrSchedule, autocast, make_optimizer, set_lr
+from sglr_ray.nodes.optim import LrSchedule, autocast, classification_loss, make_optimizer, set_lr
 from sglr_ray.nodes.protocol import GradientDelivery, ModelUpload, SmashedBatch, StepMetrics, tensor_nbytes
 from sglr_ray.nodes.specs import NodeSettings
 
@@ -84,7 +83,7 @@ class Server:
     def top_loss(self, index: int, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy of top model `index` on `inputs` (autocast as --precision says)."""
         with autocast(self.config.precision, self.device):
-            return F.cross_entropy(self.tops[index](inputs), labels)
+            return classification_loss(self.tops[index](inputs), labels, self.config.loss)
 
     def autocast(self):
         """The run's autocast context (--precision) on the server's device."""

@@ -27,6 +27,7 @@ class NodeSettings(Protocol):
     optimizer: str
     lr_schedule: str
     precision: str
+    loss: str  # --loss: the training loss of the split and whole models
 
     @property
     def server_lr(self) -> float: ...
