@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from sglr_ray.config import RunConfig
 
@@ -31,3 +32,12 @@ def tiny_config():
 @pytest.fixture
 def tmp_out(tmp_path):
     return str(tmp_path / "out")
+
+
+@pytest.fixture
+def float64():
+    """Float64 as torch's default dtype for one test: golden numbers that hold on any CPU."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(before)

@@ -15,20 +15,7 @@ from sglr_ray.execution.driver import run_experiment
 from sglr_ray.methods.usl import TAIL_LAYERS
 from sglr_ray.nodes.models import ModelParts, smashed_shape
 from sglr_ray.nodes.server import Server
-
-
-def _tensors(obj):
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, dict):
-        for v in obj.values():
-            yield from _tensors(v)
-    elif isinstance(obj, list | tuple):
-        for v in obj:
-            yield from _tensors(v)
-    elif hasattr(obj, "__dict__"):
-        for v in vars(obj).values():
-            yield from _tensors(v)
+from tests.unit.test_engine import tensors_in
 
 
 @pytest.fixture
@@ -39,19 +26,11 @@ def server_inbox(monkeypatch) -> list:
 
     def recording(target, method, *args):
         if isinstance(target, Server):
-            seen.extend(_tensors(list(args)))
+            seen.extend(t for arg in args for t in tensors_in(arg))
         return real(target, method, *args)
 
     monkeypatch.setattr(local_executor, "call_on", recording)
     return seen
-
-
-@pytest.fixture
-def float64():
-    before = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(before)
 
 
 def test_usl_labels_and_inputs_never_reach_the_server(tiny_config, tmp_out, server_inbox):

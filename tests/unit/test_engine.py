@@ -118,15 +118,18 @@ class RecordingServer(Server):
         return super().average_client_models(*uploads)
 
 
-def _tensors(obj):
+def tensors_in(obj):
     if isinstance(obj, torch.Tensor):
         yield obj
     elif isinstance(obj, dict):
         for v in obj.values():
-            yield from _tensors(v)
+            yield from tensors_in(v)
+    elif isinstance(obj, list | tuple):
+        for v in obj:
+            yield from tensors_in(v)
     elif hasattr(obj, "__dict__"):
         for v in vars(obj).values():
-            yield from _tensors(v)
+            yield from tensors_in(v)
 
 
 @pytest.mark.parametrize("method", ["psl", "sglr", "sfl", "ssl"])
@@ -140,7 +143,7 @@ def test_raw_inputs_never_reach_the_server(tiny_config, tmp_out, monkeypatch, me
     data = prepare_data(config)
     raw = [to_model_input(p.images) for p in data.partitions]
     raw_rows = {tuple(np.round(r.flatten().numpy(), 4)) for part in raw for r in part}
-    tensors = [t for payload in RecordingServer.received for t in _tensors(payload)]
+    tensors = [t for payload in RecordingServer.received for t in tensors_in(payload)]
     assert tensors, "the spy saw nothing"
     for t in tensors:
         assert tuple(t.shape[1:]) not in {(1, 32, 32), (28, 28), (1, 28, 28)}, (

@@ -17,7 +17,6 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
 from sglr_ray.execution.driver import run_experiment
 
@@ -38,14 +37,6 @@ CASES = {
     "usl-alexnet": {"method": "usl", "alpha": 0.5, "phi": 0.5},
     "lsl-alexnet": {"method": "lsl"},
 }
-
-
-@pytest.fixture
-def float64():
-    before = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(before)
 
 
 @pytest.mark.parametrize("name", CASES)

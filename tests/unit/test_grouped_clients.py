@@ -26,14 +26,6 @@ from sglr_ray.nodes.protocol import GradientDelivery
 TOLERANCE = 1e-10
 
 
-@pytest.fixture
-def float64():
-    before = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(before)
-
-
 _synthetic = functools.cache(data_module.make_synthetic)
 
 
