@@ -27,6 +27,7 @@ from sglr_ray.methods.sglr import split_lr
 from sglr_ray.nodes.models import SPLIT_MODELS
 from sglr_ray.nodes.optim import LrSchedule
 from sglr_ray.settings import ConfigError, checked_value, flag, setting
+from sglr_ray.systems.devices import DeviceProfiles, load_profiles
 
 DEFAULT_ALPHA = 0.5  # the paper's Table 4 SGLR setting
 DEFAULT_PHI = 0.5
@@ -112,6 +113,26 @@ class RunConfig:
     link_rate_bps: float = setting(
         100e6, "link rate R in bit/s for the modelled communication time", low=0, low_open=True
     )
+    # --- systems model: the virtual clock (SPEC section 4) -----------------------------
+    devices: str = setting(
+        "homogeneous", "client profiles for the virtual clock: homogeneous (every client at "
+        "--client-flops-per-s and --link-rate-bps), lognormal:SIGMA (each client's speed and links the "
+        "default times exp(SIGMA*z), seeded), or a CSV/Parquet file with columns client_id, flops_per_s, "
+        "up_bps, down_bps and optional availability in (0, 1]", absent_means="homogeneous", identity=False,
+        identity_when_set=True,
+    )  # fmt: skip
+    client_flops_per_s: float = setting(
+        1e10, "a default client's compute speed in FLOP/s (virtual clock)", low=0, low_open=True,
+        absent_means=1e10, identity=False, identity_when_set=True,
+    )  # fmt: skip
+    server_flops_per_s: float = setting(
+        1e13, "the server's compute speed in FLOP/s (virtual clock)", low=0, low_open=True,
+        absent_means=1e13, identity=False, identity_when_set=True,
+    )  # fmt: skip
+    server_link_bps: float = setting(
+        1e9, "the server's link in bit/s: what it sends leaves through it, a broadcast once (virtual clock)",
+        low=0, low_open=True, absent_means=1e9, identity=False, identity_when_set=True,
+    )  # fmt: skip
     # --- where and how it runs (never changes a number) --------------------------------
     executor: str = setting(
         "local", "local (one process, no Ray) or ray (client shards and server as Ray actors)",
@@ -173,6 +194,7 @@ class RunConfig:
             raise ConfigError(f"--lr-schedule {ex}") from ex
         self._resolve_knobs(method)
         self._check_sizes()
+        self._check_systems()
         if self.leakage:
             self._check_leakage(method)
 
@@ -218,6 +240,18 @@ class RunConfig:
                 raise ConfigError(
                     f"{flag(name)} {getattr(self, name)} exceeds the {limit} images of that split"
                 )
+
+    def _check_systems(self) -> None:
+        """The systems model's settings (SPEC section 4): every profile is read and checked here."""
+        self.device_profiles  # noqa: B018 -- loads and checks --devices before any work
+
+    @property
+    def device_profiles(self) -> DeviceProfiles:
+        """Each client's and the server's speed and links (systems/devices.py)."""
+        return load_profiles(
+            self.devices, self.clients, self.seed, self.client_flops_per_s, self.link_rate_bps,
+            self.server_flops_per_s, self.server_link_bps,
+        )  # fmt: skip
 
     def _check_leakage(self, method: Method) -> None:
         if not method.client.sends_smashed:
@@ -267,6 +301,11 @@ class RunConfig:
         method resolves (client_optimizer_state auto) appears as what it resolved to, so
         `auto` and the explicit value it stands for are one run."""
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata["identity"]}
+        values |= {  # settings added later, where they differ from what earlier runs had
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.metadata["identity_when_set"] and getattr(self, f.name) != f.metadata["absent_means"]
+        }
         values["client_optimizer_state"] = "reset" if self.resets_client_optimizers else "keep"
         return values
 

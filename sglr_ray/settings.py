@@ -32,6 +32,7 @@ def setting(
     high: float | None = None,
     low_open: bool = False,
     absent_means: Any = None,
+    identity_when_set: bool = False,
 ) -> Any:
     """A RunConfig field with its metadata.
 
@@ -42,9 +43,15 @@ def setting(
     absent_means: for a setting added after runs were recorded, the value that reproduces
       what the code did before it existed. At that value the setting stays out of the
       identity hash, so those runs keep their names and a sweep does not redo them.
+    identity_when_set: for a setting added later that changes a recorded number only away
+      from `absent_means` (the systems model): it joins a run's identity there and stays out
+      of it at that value, so the identity of every earlier run is exactly what it was.
     """
+    if identity_when_set and (absent_means is None or identity):
+        raise ValueError("identity_when_set needs absent_means and identity=False")
     meta = {"help": help, "identity": identity, "choices": choices, "low": low, "high": high,
-            "low_open": low_open, "absent_means": absent_means}  # fmt: skip
+            "low_open": low_open, "absent_means": absent_means,
+            "identity_when_set": identity_when_set}  # fmt: skip
     return field(default=default, metadata=meta)
 
 

@@ -15,9 +15,11 @@ from typing import Any
 
 from sglr_ray.config import RunConfig
 from sglr_ray.epochs import Executor, ProgressFn
+from sglr_ray.measure.timing import timing_for
 from sglr_ray.nodes.client import ClientShard
 from sglr_ray.nodes.models import bottom_state_nbytes
 from sglr_ray.nodes.server import Server
+from sglr_ray.systems.clock import EpochClock, Timing
 
 # Steps the driver lets run ahead before it waits for a step's metrics. Actor
 # calls run in submission order, so this is safe; it only bounds memory.
@@ -29,6 +31,17 @@ class Engine:
 
     def __init__(self, ex: Executor, config: RunConfig, progress: ProgressFn | None = None) -> None:
         self.ex, self.config, self._progress = ex, config, progress
+        self.clock: EpochClock | None = None  # set by a schedule that keeps its own time (report_clock)
+
+    @property
+    def timing(self) -> Timing:
+        """The virtual clock's inputs: profiles, FLOPs and bytes per sample (measure/timing.py)."""
+        return timing_for(self.config)
+
+    def report_clock(self, clock: EpochClock) -> None:
+        """The epoch on the virtual clock, from a schedule whose clients do not move in lockstep
+        (asl); other epochs are timed from the ledger's phases."""
+        self.clock = clock
 
     def progress(self, epoch: int, iterations: int, loss: float) -> None:
         if self._progress:
@@ -119,11 +132,16 @@ class Engine:
         nbytes = bottom_state_nbytes(self.config.model)
         ex.call(ex.server, Server.relay_model, from_client, to_client, nbytes)
 
-    def train_local(self, epoch: int) -> tuple[float, int]:
-        per_shard = self.ex.get(
-            [self.ex.call(shard, ClientShard.train_local, epoch) for shard in self.ex.shards]
-        )
+    def train_local(self, epoch: int, central: bool = False) -> tuple[float, int]:
+        """Every shard trains its clients' whole models; the server's ledger is told the samples
+        trained, for the virtual clock (at the server's speed where `central`: CL's data centre)."""
+        ex = self.ex
+        per_shard = ex.get([ex.call(shard, ClientShard.train_local, epoch) for shard in ex.shards])
         loss_sum, samples = map(sum, zip(*per_shard, strict=True))
+        trained = self.config.iterations_per_epoch * self.config.batch_size  # per client (CL: in all)
+        clients = [c for ids in ex.shard_client_ids for c in ids]
+        work = ({}, trained) if central else (dict.fromkeys(clients, trained), 0)
+        ex.call(ex.server, Server.record_local_work, *work)
         return loss_sum, samples
 
     def upload_raw_data(self) -> None:

@@ -33,8 +33,9 @@ class Engine(Protocol):
     def hand_over(self, from_client: int, to_client: int) -> None:
         """SSL: `from_client`'s bottom weights go through the server to `to_client`."""
 
-    def train_local(self, epoch: int) -> tuple[float, int]:
-        """Every shard trains its clients' whole models on their own data."""
+    def train_local(self, epoch: int, central: bool = False) -> tuple[float, int]:
+        """Every shard trains its clients' whole models on their own data (`central`: the one
+        "client" is the data centre, whose work the virtual clock times at the server's speed)."""
 
     def upload_raw_data(self) -> None:
         """CL: every client's raw partition goes to the data centre (counted once)."""
@@ -90,6 +91,15 @@ class Schedule:
     def epoch_flops(self, config: RunSettings, flops: FlopCounts) -> tuple[int, int]:
         """(FLOPs of one client, FLOPs of the server) in one epoch."""
         raise NotImplementedError
+
+    def epoch_samples(self, config: RunSettings) -> tuple[float, float]:
+        """(samples one client trains on, client samples the server computes on) in one epoch:
+        with `epoch_flops`, the FLOPs per sample the virtual clock charges (measure/timing.py)."""
+        if config.spec.batch_plan is not None:  # a client's mean share of the global batches
+            per_client = config.steps_per_epoch * config.global_batch_size / config.clients
+        else:
+            per_client = config.steps_per_epoch * config.batch_size
+        return per_client, per_client * config.clients
 
     def scorer(self, config: RunSettings) -> int | None:
         """None: every client scores its own model with the server's; else the one client whose
@@ -156,7 +166,7 @@ class Local(Schedule):
     def train_epoch(self, engine: Engine, epoch: int) -> float:
         if self.pooled and epoch == 0:  # the clients' raw data goes to the data centre, once
             engine.upload_raw_data()
-        loss_sum, samples = engine.train_local(epoch)
+        loss_sum, samples = engine.train_local(epoch, central=self.pooled)
         engine.progress(epoch, self.iterations_per_epoch(engine.config), loss_sum / samples)
         return loss_sum / samples
 
@@ -170,6 +180,10 @@ class Local(Schedule):
         if self.pooled:  # CL: the clients compute nothing; one model trains on all the data
             return 0, self.iterations_per_epoch(config) * whole
         return config.local_epochs * config.steps_per_epoch * whole, 0  # averaging weights: negligible
+
+    def epoch_samples(self, config: RunSettings) -> tuple[float, float]:
+        trained = self.iterations_per_epoch(config) * config.batch_size
+        return (0.0, trained) if self.pooled else (trained, 0.0)
 
     def scorer(self, config: RunSettings) -> int | None:
         return 0  # CL's one model; FL's average, which every client holds

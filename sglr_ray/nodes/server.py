@@ -24,6 +24,7 @@ from sglr_ray.nodes.models import ModelParts, weights_copy
 from sglr_ray.nodes.optim import LrSchedule, autocast, make_optimizer, set_lr
 from sglr_ray.nodes.protocol import GradientDelivery, ModelUpload, SmashedBatch, StepMetrics, tensor_nbytes
 from sglr_ray.nodes.specs import NodeSettings
+from sglr_ray.systems.clock import Phase, Timing
 
 
 @dataclass
@@ -31,7 +32,10 @@ class CommLedger:
     """Bytes moved per client (up = client to server, down = server to client) in one epoch.
 
     A broadcast is counted once in `server_sent` and once per receiving client
-    in `bytes_down`: that difference is SplitAvg's saving.
+    in `bytes_down`: that difference is SplitAvg's saving. `phases` keeps the same
+    bytes step by step, with the samples each client and the server computed on,
+    for the virtual clock (systems/clock.py): a phase closes at each server step,
+    model exchange or hand-over, and holds the bytes counted since the last one.
     """
 
     num_clients: int
@@ -39,6 +43,7 @@ class CommLedger:
     bytes_down: list[int] = field(default_factory=list)
     active_steps: list[int] = field(default_factory=list)
     server_sent: int = 0
+    phases: list[Phase] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.reset()
@@ -48,6 +53,29 @@ class CommLedger:
         self.bytes_down = [0] * self.num_clients
         self.active_steps = [0] * self.num_clients
         self.server_sent = 0
+        self.phases = []
+        self._open = Phase()
+        self._marks = ([0] * self.num_clients, [0] * self.num_clients, 0)
+
+    def add_work(self, samples: dict[int, int], server_samples: int = 0) -> None:
+        """Samples computed on in the phase in progress, by client and by the server."""
+        for client_id, n in samples.items():
+            self._open.samples[client_id] = self._open.samples.get(client_id, 0) + n
+        self._open.server_samples += server_samples
+
+    def close_phase(self, late: tuple[int, ...] = ()) -> None:
+        """End the phase in progress: it holds the work added and the bytes counted since the last."""
+        up_before, down_before, sent_before = self._marks
+        phase = self._open
+        phase.up = {c: b - a for c, (a, b) in enumerate(zip(up_before, self.bytes_up, strict=True)) if b != a}
+        phase.down = {
+            c: b - a for c, (a, b) in enumerate(zip(down_before, self.bytes_down, strict=True)) if b != a
+        }
+        phase.server_sent, phase.late = self.server_sent - sent_before, tuple(late)
+        if phase.clients or phase.server_samples or phase.server_sent:
+            self.phases.append(phase)
+        self._open = Phase()
+        self._marks = (list(self.bytes_up), list(self.bytes_down), self.server_sent)
 
 
 class Server:
@@ -76,6 +104,11 @@ class Server:
         self.ledger = CommLedger(config.clients)
         self._lr = config.server_lr
         self.scratch: dict = {}  # a method's own state between its calls in one step (methods/usl.py)
+        self.timing: Timing | None = None  # the virtual clock's inputs (use_timing); deadlines read it
+
+    def use_timing(self, timing: Timing) -> None:
+        """The virtual clock's profiles and FLOPs per sample, given by the driver each epoch."""
+        self.timing = timing
 
     @property
     def top(self) -> torch.nn.Module:
@@ -119,7 +152,8 @@ class Server:
         return self.deliver(grads, uploads, loss, epoch, step)
 
     def gather(self, uploads: tuple[SmashedBatch, ...]) -> ServerBatch:
-        """One iteration's uploads, concatenated on the server's device."""
+        """One iteration's uploads, concatenated on the server's device (the server's work)."""
+        self.ledger.add_work({}, sum(n for u in uploads for n in u.sizes))
         return ServerBatch(
             smashed=torch.cat([u.smashed for u in uploads]).to(self.device),
             labels=torch.cat([u.labels for u in uploads]).to(self.device),
@@ -147,6 +181,7 @@ class Server:
             for u in uploads
         ]
         self._account_deliveries(deliveries, shared)
+        self.ledger.close_phase()
         samples = sum(n for u in uploads for n in u.sizes)
         return (StepMetrics(loss, samples, sorted(delivery.shared_to)), shared, *deliveries)
 
@@ -166,6 +201,7 @@ class Server:
             )
             for client_id, n in zip(upload.client_ids, upload.sizes, strict=True):
                 self.ledger.bytes_up[client_id] += n * row_bytes
+            self.ledger.add_work(dict(zip(upload.client_ids, upload.sizes, strict=True)))
 
     def _account_deliveries(self, deliveries: list[GradientDelivery], averaged: torch.Tensor | None) -> None:
         ledger = self.ledger
@@ -186,6 +222,7 @@ class Server:
                 self.ledger.bytes_up[client_id] += upload.state_nbytes
                 self.ledger.bytes_down[client_id] += upload.state_nbytes
                 self.ledger.server_sent += upload.state_nbytes
+        self.ledger.close_phase()  # with the round's local work, if any (FL)
         return fedavg([(u.weighted_state_sum, u.total_weight) for u in uploads])
 
     def relay_model(self, from_client: int, to_client: int, nbytes: int) -> None:
@@ -193,6 +230,12 @@ class Server:
         self.ledger.bytes_up[from_client] += nbytes
         self.ledger.bytes_down[to_client] += nbytes
         self.ledger.server_sent += nbytes
+        self.ledger.close_phase()
+
+    def record_local_work(self, samples: dict[int, int], server_samples: int) -> None:
+        """Training the server does not see (CL's data centre, FL's clients), for the virtual clock:
+        it joins the phase in progress, which the round's model exchange closes."""
+        self.ledger.add_work(samples, server_samples)
 
     def receive_raw_data(self, client_id: int, nbytes: int) -> None:
         """CL: a client uploads its raw partition once, before training (the cost CL pays for privacy)."""
@@ -224,5 +267,6 @@ class Server:
 
     def pop_epoch_comm(self) -> CommLedger:
         """The epoch's byte counts; the ledger starts afresh."""
+        self.ledger.close_phase()  # work no exchange closed (CL's epoch)
         done, self.ledger = self.ledger, CommLedger(self.ledger.num_clients)
         return done
