@@ -24,6 +24,7 @@ from sglr_ray.data import DATASETS
 from sglr_ray.methods import Method, MethodNotFoundError, get_method
 from sglr_ray.methods.phase import Phase, PhaseError
 from sglr_ray.methods.sglr import split_lr
+from sglr_ray.nodes.codec import parse_codec
 from sglr_ray.nodes.models import SPLIT_MODELS
 from sglr_ray.nodes.optim import LrSchedule
 from sglr_ray.settings import ConfigError, checked_value, flag, setting
@@ -132,6 +133,12 @@ class RunConfig:
     server_link_bps: float = setting(
         1e9, "the server's link in bit/s: what it sends leaves through it, a broadcast once (virtual clock)",
         low=0, low_open=True, absent_means=1e9, identity=False, identity_when_set=True,
+    )  # fmt: skip
+    compress: str = setting(
+        "none", "compression of smashed data and split-layer gradients, both directions: none, fp16, "
+        "int8 (a byte a value, a scale and zero point per sample) or topk:F (the largest F of each "
+        "sample's values, with int32 indices); bytes are counted as sent", absent_means="none",
+        identity=False, identity_when_set=True,
     )  # fmt: skip
     # --- where and how it runs (never changes a number) --------------------------------
     executor: str = setting(
@@ -244,6 +251,10 @@ class RunConfig:
     def _check_systems(self) -> None:
         """The systems model's settings (SPEC section 4): every profile is read and checked here."""
         self.device_profiles  # noqa: B018 -- loads and checks --devices before any work
+        try:
+            parse_codec(self.compress)
+        except ValueError as ex:
+            raise ConfigError(f"--compress {ex}") from ex
 
     @property
     def device_profiles(self) -> DeviceProfiles:

@@ -8,10 +8,12 @@ charges exactly what the FLOPs columns record; FLOPs are linear in the batch.
 from __future__ import annotations
 
 import functools
-import math
+
+import torch
 
 from sglr_ray.config import RunConfig
 from sglr_ray.measure.flops import epoch_flops
+from sglr_ray.nodes.codec import parse_codec
 from sglr_ray.nodes.models import smashed_shape
 from sglr_ray.systems.clock import Timing
 
@@ -23,8 +25,8 @@ def timing_for(config: RunConfig) -> Timing:
     """The Timing of a run (cached: a profile file is read once per process and configuration)."""
     flops = epoch_flops(config)
     per_client, server = config.spec.schedule.epoch_samples(config)
-    value_bytes = 2 if config.precision == "bf16" else 4
-    row = math.prod(smashed_shape(config.model)) * value_bytes
+    dtype = torch.bfloat16 if config.precision == "bf16" else torch.float32
+    row = parse_codec(config.compress).nbytes(torch.zeros(1, *smashed_shape(config.model), dtype=dtype))
     role = config.spec.client
     return Timing(
         profiles=config.device_profiles,

@@ -33,6 +33,7 @@ from torch import nn
 from sglr_ray.data import ImageSet, PreparedData, eval_slice
 from sglr_ray.methods.aggregate import weighted_state_sum
 from sglr_ray.nodes.batches import BatchDrawer
+from sglr_ray.nodes.codec import parse_codec
 from sglr_ray.nodes.grouped import GroupedBottoms, groupable
 from sglr_ray.nodes.models import ModelParts, smashed_shape, state_nbytes, weights_copy
 from sglr_ray.nodes.optim import LrSchedule, autocast, make_optimizer, optimizer_state_copy, set_lr
@@ -100,6 +101,7 @@ class ClientShard:
         self._batches = BatchDrawer(config, self.device)
         self._schedule = LrSchedule.parse(config.lr_schedule)
         self._smashed_shape = smashed_shape(config.model)
+        self._codec = parse_codec(config.compress)  # what the server decodes of each upload
         self._grouped = self._make_group() if group else None
 
     def _make_group(self) -> GroupedBottoms | None:
@@ -205,7 +207,7 @@ class ClientShard:
             with self._autocast():
                 upload, kept = self.role.forward(client.model, client.optimizer, x, y.to(self.device))
             self._pending.append((client, kept))  # keeps the graph for apply_gradient
-            smashed.append(upload.detach().cpu())
+            smashed.append(self._codec.roundtrip(upload.detach().cpu()))
             labels.append(y if self.role.sends_labels else y[:0])  # U-shaped: labels stay here
             sizes.append(len(y))
         ids = [client.client_id for client, _ in self._pending]
@@ -228,7 +230,8 @@ class ClientShard:
             s = self._grouped.forward(x)
         self._pending = s  # keeps the graph for apply_gradient
         batch = self.config.batch_size
-        return SmashedBatch(self.client_ids, [batch] * len(self.clients), s.detach().cpu(), y)
+        sent = self._codec.roundtrip(s.detach().cpu())
+        return SmashedBatch(self.client_ids, [batch] * len(self.clients), sent, y)
 
     def apply_gradient(self, delivery: GradientDelivery, averaged_gradient: torch.Tensor | None) -> None:
         """Back-propagate each client's split-layer gradient (own or averaged) and step its optimizer."""

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from sglr_ray.methods.aggregate import fedavg, weighted_state_sum
 from sglr_ray.methods.base import ServerBatch
+from sglr_ray.nodes.codec import parse_codec
 from sglr_ray.nodes.models import ModelParts, weights_copy
 from sglr_ray.nodes.optim import LrSchedule, autocast, make_optimizer, set_lr
 from sglr_ray.nodes.protocol import GradientDelivery, ModelUpload, SmashedBatch, StepMetrics, tensor_nbytes
@@ -104,6 +105,7 @@ class Server:
         self.ledger = CommLedger(config.clients)
         self._lr = config.server_lr
         self.scratch: dict = {}  # a method's own state between its calls in one step (methods/usl.py)
+        self.codec = parse_codec(config.compress)  # how gradients go down, and smashed data came up
         self.timing: Timing | None = None  # the virtual clock's inputs (use_timing); deadlines read it
 
     def use_timing(self, timing: Timing) -> None:
@@ -172,10 +174,15 @@ class Server:
         """The method's SplitRule turns split-layer gradients into what each shard receives, counted
         in the ledger: (StepMetrics, the broadcast tensor or None, a GradientDelivery per upload)."""
         delivery = self.rule.deliver(grads, epoch, step)
-        shared = delivery.shared.detach().cpu() if delivery.shared is not None else None
+        codec = self.codec
+        shared = codec.roundtrip(delivery.shared.detach().cpu()) if delivery.shared is not None else None
         deliveries = [
             GradientDelivery(
-                own={c: delivery.own[c].detach().cpu() for c in u.client_ids if c in delivery.own},
+                own={
+                    c: codec.roundtrip(delivery.own[c].detach().cpu())
+                    for c in u.client_ids
+                    if c in delivery.own
+                },
                 averaged=[c for c in u.client_ids if c in delivery.shared_to],
             )
             for u in uploads
@@ -196,7 +203,7 @@ class Server:
     def account_uploads(self, uploads: tuple[SmashedBatch, ...]) -> None:
         """Bytes up: each client's rows of smashed data and labels, as sent."""
         for upload in uploads:
-            row_bytes = (tensor_nbytes(upload.smashed) + tensor_nbytes(upload.labels)) // max(
+            row_bytes = (self.codec.nbytes(upload.smashed) + tensor_nbytes(upload.labels)) // max(
                 1, sum(upload.sizes)
             )
             for client_id, n in zip(upload.client_ids, upload.sizes, strict=True):
@@ -207,13 +214,13 @@ class Server:
         ledger = self.ledger
         for delivery in deliveries:
             for client_id, grad in delivery.own.items():
-                ledger.bytes_down[client_id] += tensor_nbytes(grad)
-                ledger.server_sent += tensor_nbytes(grad)
+                ledger.bytes_down[client_id] += self.codec.nbytes(grad)
+                ledger.server_sent += self.codec.nbytes(grad)
             for client_id in delivery.averaged:
-                ledger.bytes_down[client_id] += tensor_nbytes(averaged)
+                ledger.bytes_down[client_id] += self.codec.nbytes(averaged)
                 ledger.active_steps[client_id] += 1
         if averaged is not None:
-            ledger.server_sent += tensor_nbytes(averaged)  # one broadcast
+            ledger.server_sent += self.codec.nbytes(averaged)  # one broadcast
 
     def average_client_models(self, *uploads: ModelUpload) -> dict[str, torch.Tensor]:
         """SFL: FedAvg of the bottom models; every client sends its model up and gets the mean back."""

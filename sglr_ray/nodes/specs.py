@@ -28,6 +28,7 @@ class NodeSettings(Protocol):
     optimizer: str
     lr_schedule: str
     precision: str
+    compress: str  # --compress: how smashed data and gradients are sent (nodes/codec.py)
 
     @property
     def server_lr(self) -> float: ...

@@ -57,8 +57,9 @@ def test_the_phases_hold_every_byte_the_ledger_counted(tiny_config, tmp_out, met
     assert sum(p.server_sent for p in comm.phases) == comm.server_sent
 
 
-def test_the_predicted_bytes_per_sample_are_what_the_ledger_counts(tiny_config, tmp_out):
-    config = tiny_config(method="psl", out=tmp_out)
+@pytest.mark.parametrize("compress", ["none", "int8", "topk:0.1"])
+def test_the_predicted_bytes_per_sample_are_what_the_ledger_counts(tiny_config, tmp_out, compress):
+    config = tiny_config(method="psl", out=tmp_out, compress=compress)
     comm = run_experiment(config).epochs[0].comm
     timing, samples = timing_for(config), 4 * 32
     assert sum(comm.bytes_up) == timing.up_bytes_per_sample * samples
