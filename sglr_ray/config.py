@@ -140,6 +140,19 @@ class RunConfig:
         "sample's values, with int32 indices); bytes are counted as sent", absent_means="none",
         identity=False, identity_when_set=True,
     )  # fmt: skip
+    clients_per_round: int = setting(
+        0, "clients sampled (seeded) to take part in each epoch, FL's and SFL's round (0 = all)", low=0,
+        absent_means=0, identity=False, identity_when_set=True,
+    )  # fmt: skip
+    dropout: float = setting(
+        0.0, "probability P in [0, 1) that a client misses an iteration (split methods) or a round (fl), "
+        "seeded by (seed, client, epoch, step)", low=0, absent_means=0.0, identity=False,
+        identity_when_set=True,
+    )  # fmt: skip
+    deadline_s: float = setting(
+        0.0, "simulated seconds the server waits for a step's uploads; late clients sit the step out "
+        "(0 = wait for all)", low=0, absent_means=0.0, identity=False, identity_when_set=True,
+    )  # fmt: skip
     # --- where and how it runs (never changes a number) --------------------------------
     executor: str = setting(
         "local", "local (one process, no Ray) or ray (client shards and server as Ray actors)",
@@ -201,7 +214,7 @@ class RunConfig:
             raise ConfigError(f"--lr-schedule {ex}") from ex
         self._resolve_knobs(method)
         self._check_sizes()
-        self._check_systems()
+        self._check_systems(method)
         if self.leakage:
             self._check_leakage(method)
 
@@ -248,8 +261,21 @@ class RunConfig:
                     f"{flag(name)} {getattr(self, name)} exceeds the {limit} images of that split"
                 )
 
-    def _check_systems(self) -> None:
+    def _check_systems(self, method: Method) -> None:
         """The systems model's settings (SPEC section 4): every profile is read and checked here."""
+        if self.dropout >= 1:
+            raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout!r}")
+        if self.clients_per_round > self.clients:
+            raise ConfigError(
+                f"--clients-per-round {self.clients_per_round} is more than --clients {self.clients}"
+            )
+        for name in ("clients_per_round", "dropout", "deadline_s"):
+            if getattr(self, name) != _FIELDS[name].default and name not in method.schedule.absences:
+                takes = [m for m, spec in _builtin_methods().items() if name in spec.schedule.absences]
+                raise ConfigError(
+                    f"{flag(name)} does not apply to --method {self.method}; methods that take it: "
+                    f"{', '.join(takes)}"
+                )
         self.device_profiles  # noqa: B018 -- loads and checks --devices before any work
         try:
             parse_codec(self.compress)

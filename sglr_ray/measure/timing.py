@@ -33,6 +33,7 @@ def timing_for(config: RunConfig) -> Timing:
         client_flops_per_sample=flops.per_client / per_client if per_client else 0.0,
         server_flops_per_sample=flops.server / server if server else 0.0,
         forward_share=role.forward_share,
+        deadline_s=config.deadline_s,
         up_bytes_per_sample=row + (LABEL_BYTES if role.sends_labels else 0),
         down_bytes_per_sample=row,
     )

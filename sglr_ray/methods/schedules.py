@@ -75,10 +75,17 @@ class FlopCounts(Protocol):
     def step(self, module: Any, input_shape: tuple[int, ...], batch: int, input_grad: bool) -> int: ...
 
 
+def mean_loss(loss_sum: float, samples: int) -> float:
+    """The epoch's mean training loss per sample; nan when nobody trained (every client absent)."""
+    return loss_sum / samples if samples else float("nan")
+
+
 class Schedule:
     """A schedule's interface, with PSL's answers where one fits most schedules."""
 
     groupable = False  # every client of a shard steps together with a batch of b (nodes/grouped.py)
+    # Which absences it handles (systems/presence.py has the table): settings it accepts.
+    absences: frozenset[str] = frozenset()
 
     def train_epoch(self, engine: Engine, epoch: int) -> float:
         """Train one epoch; return its mean training loss per sample."""
@@ -116,10 +123,11 @@ class Parallel(Schedule):
     applies what it receives; steps_per_epoch times."""
 
     groupable = True
+    absences = frozenset({"clients_per_round", "dropout", "deadline_s"})
 
     def train_epoch(self, engine: Engine, epoch: int) -> float:
         loss_sum, samples = engine.split_steps(epoch, None)
-        return loss_sum / samples
+        return mean_loss(loss_sum, samples)
 
     def epoch_flops(self, config: RunSettings, flops: FlopCounts) -> tuple[int, int]:
         spec, steps = config.spec, config.steps_per_epoch
@@ -132,7 +140,10 @@ class Parallel(Schedule):
 
 class Sequential(Schedule):
     """SSL: clients take turns, one local epoch each with the server; each starts from the
-    bottom weights of the client before it (the last client of the previous epoch, for client 0)."""
+    bottom weights of the client before it (the last client of the previous epoch, for client 0).
+    With --dropout a client skips the steps of its turn it misses."""
+
+    absences = frozenset({"dropout"})
 
     def train_epoch(self, engine: Engine, epoch: int) -> float:
         clients, loss_sum, samples = engine.config.clients, 0.0, 0
@@ -143,7 +154,7 @@ class Sequential(Schedule):
             done = client * engine.config.steps_per_epoch
             turn_loss, turn_samples = engine.split_steps(epoch, [client], done_before=done)
             loss_sum, samples = loss_sum + turn_loss, samples + turn_samples
-        return loss_sum / samples
+        return mean_loss(loss_sum, samples)
 
     def iterations_per_epoch(self, config: RunSettings) -> int:
         return config.clients * config.steps_per_epoch
@@ -162,13 +173,15 @@ class Local(Schedule):
 
     def __init__(self, pooled: bool = False) -> None:
         self.pooled = pooled
+        # FL: K clients a round, or a client missing a round; CL's data centre is always there.
+        self.absences = frozenset() if pooled else frozenset({"clients_per_round", "dropout"})
 
     def train_epoch(self, engine: Engine, epoch: int) -> float:
         if self.pooled and epoch == 0:  # the clients' raw data goes to the data centre, once
             engine.upload_raw_data()
         loss_sum, samples = engine.train_local(epoch, central=self.pooled)
-        engine.progress(epoch, self.iterations_per_epoch(engine.config), loss_sum / samples)
-        return loss_sum / samples
+        engine.progress(epoch, self.iterations_per_epoch(engine.config), mean_loss(loss_sum, samples))
+        return mean_loss(loss_sum, samples)
 
     def iterations_per_epoch(self, config: RunSettings) -> int:
         if self.pooled:  # one model, batches of b over the union of the partitions

@@ -113,6 +113,7 @@ class ClientShard:
         sizes = {len(c.data) for c in self.clients}
         if (
             not spec.schedule.groupable or not self.role.grouped or spec.batch_plan is not None
+            or self.config.deadline_s > 0  # a late client must skip its step: the per-client loop
             or len(self.clients) < 2 or len(sizes) != 1 or not groupable(self.clients[0].model)
         ):  # fmt: skip
             return None
@@ -247,6 +248,8 @@ class ClientShard:
             self._pending = None
             return
         for client, kept in self._pending:
+            if client.client_id in delivery.late:  # past the deadline: the step went on without it
+                continue
             grad = averaged_gradient if client.client_id in averaged else delivery.own.get(client.client_id)
             received = None if grad is None else grad.to(self.device)  # None: nothing comes down (lsl)
             self.role.backward(client.model, client.optimizer, kept, received)
@@ -267,8 +270,9 @@ class ClientShard:
 
     # --- CL and FL: whole models trained on local data ------------------------------
 
-    def train_local(self, epoch: int) -> tuple[float, int]:
-        """Every client trains its whole model on its own data: `local_epochs` passes of batch b.
+    def train_local(self, epoch: int, client_ids: list[int] | None = None) -> tuple[float, int]:
+        """Every client (or those named: the round's) trains its whole model on its own data,
+        `local_epochs` passes of batch b.
 
         Returns (sum of per-sample losses, samples) for the epoch's mean training loss.
         """
@@ -276,7 +280,7 @@ class ClientShard:
             raise RuntimeError(f"--method {self.config.method} trains through the server, not locally")
         passes, loss_sum, samples = self.config.local_epochs, 0.0, 0
         self._round = None
-        for client in self.clients:
+        for client in self._select(client_ids):
             if self._one_model:  # FedAvg: every client starts the round from the global model
                 client.model.load_state_dict(self._global)
             self._set_epoch_lr([client], epoch)
@@ -309,18 +313,21 @@ class ClientShard:
 
     # --- weights: FedAvg (SFL, FL), SSL's hand-over, the leakage attack ----------------
 
-    def upload_models(self) -> ModelUpload:
-        """This shard's part of FedAvg: model states weighted by partition size, summed."""
+    def upload_models(self, client_ids: list[int] | None = None) -> ModelUpload:
+        """This shard's part of FedAvg: model states weighted by partition size, summed, over its
+        clients (or those named: the round's; FL sums the clients it trained as it goes)."""
         if self._one_model:  # summed as train_local went
             if self._round is None:
                 raise RuntimeError("upload_models called before train_local in this round")
             total, weight = self._round
             nbytes = state_nbytes(self.clients[0].model)
-            return ModelUpload(self.client_ids, {k: v.cpu() for k, v in total.items()}, weight, nbytes)
-        states = [{k: v.detach().cpu() for k, v in c.model.state_dict().items()} for c in self.clients]
-        weights = [float(len(c.data)) for c in self.clients]
+            ids = self.client_ids if client_ids is None else client_ids
+            return ModelUpload(ids, {k: v.cpu() for k, v in total.items()}, weight, nbytes)
+        chosen = self._select(client_ids)
+        states = [{k: v.detach().cpu() for k, v in c.model.state_dict().items()} for c in chosen]
+        weights = [float(len(c.data)) for c in chosen]
         return ModelUpload(
-            client_ids=self.client_ids,
+            client_ids=[c.client_id for c in chosen],
             weighted_state_sum=weighted_state_sum(states, weights),
             total_weight=sum(weights),
             state_nbytes=state_nbytes(self.clients[0].model),

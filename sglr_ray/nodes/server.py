@@ -25,7 +25,7 @@ from sglr_ray.nodes.models import ModelParts, weights_copy
 from sglr_ray.nodes.optim import LrSchedule, autocast, make_optimizer, set_lr
 from sglr_ray.nodes.protocol import GradientDelivery, ModelUpload, SmashedBatch, StepMetrics, tensor_nbytes
 from sglr_ray.nodes.specs import NodeSettings
-from sglr_ray.systems.clock import Phase, Timing
+from sglr_ray.systems.clock import Phase, Timing, missed_deadline, upload_s
 
 
 @dataclass
@@ -146,12 +146,30 @@ class Server:
         return loss
 
     def train_step(self, epoch: int, step: int, *uploads: SmashedBatch) -> tuple:
-        """One server step: (StepMetrics, the broadcast tensor or None, a GradientDelivery per upload)."""
-        batch = self.gather(uploads)
+        """One server step: (StepMetrics, the broadcast tensor or None, a GradientDelivery per upload).
+        With a deadline, uploads that arrive after it on the virtual clock are counted and dropped."""
         self.set_epoch_lr(epoch)
-        self.account_uploads(uploads)
+        self.account_uploads(uploads)  # late or not, every upload was sent
+        late = self.late_clients(uploads)
+        in_time = tuple(u.without(set(late)) for u in uploads) if late else uploads
+        if not any(u.client_ids for u in in_time):  # nobody in time: the server has nothing to step on
+            return self.deliver({}, uploads, 0.0, epoch, step, late)
+        batch = self.gather(tuple(u for u in in_time if u.client_ids))
         loss, grads = self.spec.server_step(self, batch, epoch, step)
-        return self.deliver(grads, uploads, loss, epoch, step)
+        return self.deliver(grads, uploads, loss, epoch, step, late)
+
+    def late_clients(self, uploads: tuple[SmashedBatch, ...]) -> list[int]:
+        """The clients whose upload reaches the server after --deadline-s (systems/clock.py)."""
+        if self.timing is None or self.timing.deadline_s <= 0:
+            return []
+        arrivals = {
+            c: upload_s(self.timing, c, n, nbytes)
+            for u in uploads
+            for (c, n), nbytes in zip(
+                zip(u.client_ids, u.sizes, strict=True), self._upload_bytes(u), strict=True
+            )
+        }
+        return missed_deadline(self.timing, arrivals)
 
     def gather(self, uploads: tuple[SmashedBatch, ...]) -> ServerBatch:
         """One iteration's uploads, concatenated on the server's device (the server's work)."""
@@ -170,6 +188,7 @@ class Server:
         loss: float,
         epoch: int,
         step: int,
+        late: list[int] = (),
     ) -> tuple:
         """The method's SplitRule turns split-layer gradients into what each shard receives, counted
         in the ledger: (StepMetrics, the broadcast tensor or None, a GradientDelivery per upload)."""
@@ -184,12 +203,13 @@ class Server:
                     if c in delivery.own
                 },
                 averaged=[c for c in u.client_ids if c in delivery.shared_to],
+                late=[c for c in u.client_ids if c in late],
             )
             for u in uploads
         ]
         self._account_deliveries(deliveries, shared)
-        self.ledger.close_phase()
-        samples = sum(n for u in uploads for n in u.sizes)
+        self.ledger.close_phase(tuple(late))
+        samples = sum(n for u in uploads for c, n in zip(u.client_ids, u.sizes, strict=True) if c not in late)
         return (StepMetrics(loss, samples, sorted(delivery.shared_to)), shared, *deliveries)
 
     def average_server_copies(self) -> None:
@@ -203,12 +223,15 @@ class Server:
     def account_uploads(self, uploads: tuple[SmashedBatch, ...]) -> None:
         """Bytes up: each client's rows of smashed data and labels, as sent."""
         for upload in uploads:
-            row_bytes = (self.codec.nbytes(upload.smashed) + tensor_nbytes(upload.labels)) // max(
-                1, sum(upload.sizes)
-            )
-            for client_id, n in zip(upload.client_ids, upload.sizes, strict=True):
-                self.ledger.bytes_up[client_id] += n * row_bytes
+            for client_id, nbytes in zip(upload.client_ids, self._upload_bytes(upload), strict=True):
+                self.ledger.bytes_up[client_id] += nbytes
             self.ledger.add_work(dict(zip(upload.client_ids, upload.sizes, strict=True)))
+
+    def _upload_bytes(self, upload: SmashedBatch) -> list[int]:
+        """Bytes each client of an upload sent: its rows of (compressed) smashed data and labels."""
+        rows = max(1, sum(upload.sizes))
+        row_bytes = (self.codec.nbytes(upload.smashed) + tensor_nbytes(upload.labels)) // rows
+        return [n * row_bytes for n in upload.sizes]
 
     def _account_deliveries(self, deliveries: list[GradientDelivery], averaged: torch.Tensor | None) -> None:
         ledger = self.ledger

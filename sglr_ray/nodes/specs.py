@@ -28,6 +28,7 @@ class NodeSettings(Protocol):
     optimizer: str
     lr_schedule: str
     precision: str
+    deadline_s: float  # --deadline-s: late uploads are dropped (0: none)
     compress: str  # --compress: how smashed data and gradients are sent (nodes/codec.py)
 
     @property
