@@ -189,6 +189,18 @@ class Engine:
         ]
         return uploads, applies
 
+    def split_step(self, epoch: int, step: int, clients: list[int]) -> Any:
+        """One split step of `clients` on their batch `step`, waited for: its StepMetrics. For a
+        schedule that decides each step from the last (asl); `split_steps` pipelines instead."""
+        ex, parts = self.ex, self.participants(clients)
+        uploads = [ex.call(shard, ClientShard.forward_batch, epoch, step, ids) for shard, ids in parts]
+        metrics, averaged, *deliveries = ex.call(
+            ex.server, Server.train_step, epoch, step, *uploads, num_returns=len(uploads) + 2
+        )
+        pairs = zip(parts, deliveries, strict=True)
+        ex.get([ex.call(shard, ClientShard.apply_gradient, d, averaged) for (shard, _), d in pairs])
+        return ex.get(metrics)
+
     def hand_over(self, from_client: int, to_client: int) -> None:
         """SSL: a reference to the bottom weights goes shard to shard; the server counts the bytes."""
         ex = self.ex

@@ -30,6 +30,20 @@ class Engine(Protocol):
         """steps_per_epoch split steps (SPEC section 2) for `clients` (None: all);
         returns (sum of per-sample losses, samples)."""
 
+    def split_step(self, epoch: int, step: int, clients: list[int]) -> Any:
+        """One split step (forward, server step, apply) of `clients` on their batch `step`,
+        waited for; returns its StepMetrics (loss, samples)."""
+
+    def taking_part(self, epoch: int, step: int, clients: list[int] | None) -> list[int] | None:
+        """Of `clients` (None: all), those present at (epoch, step); None where nobody is ever absent."""
+
+    @property
+    def timing(self) -> Any:
+        """The virtual clock's inputs (systems.clock.Timing)."""
+
+    def report_clock(self, clock: Any) -> None:
+        """The epoch on the virtual clock, from a schedule whose clients are not in lockstep (asl)."""
+
     def hand_over(self, from_client: int, to_client: int) -> None:
         """SSL: `from_client`'s bottom weights go through the server to `to_client`."""
 

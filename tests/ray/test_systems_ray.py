@@ -11,6 +11,7 @@ import pytest
     ("sfl", {"clients_per_round": 3, "dropout": 0.3}),
     ("psl", {"deadline_s": 0.03, "devices": "lognormal:1"}),
     ("fl", {"clients_per_round": 2}),
+    ("asl", {"devices": "lognormal:1", "dropout": 0.2}),
 ])  # fmt: skip
 def test_ray_matches_local_with_the_systems_model(ray_session, tiny_config, tmp_out, method, extra):
     from sglr_ray.execution.driver import run_experiment
