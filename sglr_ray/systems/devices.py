@@ -58,7 +58,7 @@ def load_profiles(
         sigma = _parse_sigma(spec)
         rng = np.random.default_rng([seed, 0xDE71CE])
         factors = np.exp(sigma * rng.standard_normal((3, clients)))
-        flops, up, down = (tuple(float(v) * f for f in row) for v, row in
+        flops, up, down = (tuple(float(v * f) for f in row) for v, row in
                            zip((client_flops_per_s, link_bps, link_bps), factors, strict=True))  # fmt: skip
         return DeviceProfiles(flops, up, down, (1.0,) * clients, *server)
     if Path(spec).suffix.lower() in (".csv", ".parquet"):
