@@ -24,9 +24,11 @@ from sglr_ray.data import DATASETS
 from sglr_ray.methods import METHODS, Method, MethodNotFoundError, get_method
 from sglr_ray.methods.phase import Phase, PhaseError
 from sglr_ray.methods.sglr import split_lr
+from sglr_ray.nodes.codec import parse_codec
 from sglr_ray.nodes.models import SPLIT_MODELS
 from sglr_ray.nodes.optim import LrSchedule
 from sglr_ray.settings import ConfigError, MethodOption, checked_value, flag, setting
+from sglr_ray.systems.devices import DeviceProfiles, load_profiles
 
 # Each built-in method's own settings (methods/*.py `options`), one RunConfig field each.
 METHOD_OPTIONS: dict[str, MethodOption] = {n: o for m in METHODS.values() for n, o in m.options.items()}
@@ -126,6 +128,42 @@ class RunConfig:
     link_rate_bps: float = setting(
         100e6, "link rate R in bit/s for the modelled communication time", low=0, low_open=True
     )
+    # --- systems model: the virtual clock (SPEC section 4) -----------------------------
+    devices: str = setting(
+        "homogeneous", "client profiles for the virtual clock: homogeneous (every client at "
+        "--client-flops-per-s and --link-rate-bps), lognormal:SIGMA (each client's speed and links the "
+        "default times exp(SIGMA*z), seeded), or a CSV/Parquet file with columns client_id, flops_per_s, "
+        "up_bps, down_bps and optional availability in (0, 1]", absent_means="homogeneous",
+    )  # fmt: skip
+    client_flops_per_s: float = setting(
+        1e10, "a default client's compute speed in FLOP/s (virtual clock)", low=0, low_open=True,
+        absent_means=1e10,
+    )  # fmt: skip
+    server_flops_per_s: float = setting(
+        1e13, "the server's compute speed in FLOP/s (virtual clock)", low=0, low_open=True,
+        absent_means=1e13,
+    )  # fmt: skip
+    server_link_bps: float = setting(
+        1e9, "the server's link in bit/s: what it sends leaves through it, a broadcast once (virtual clock)",
+        low=0, low_open=True, absent_means=1e9,
+    )  # fmt: skip
+    compress: str = setting(
+        "none", "compression of smashed data and split-layer gradients, both directions: none, fp16, "
+        "int8 (a byte a value, a scale and zero point per sample) or topk:F (the largest F of each "
+        "sample's values, with int32 indices); bytes are counted as sent", absent_means="none",
+    )  # fmt: skip
+    clients_per_round: int = setting(
+        0, "clients sampled (seeded) to take part in each epoch, FL's and SFL's round (0 = all)", low=0,
+        absent_means=0,
+    )  # fmt: skip
+    dropout: float = setting(
+        0.0, "probability P in [0, 1) that a client misses an iteration (split methods) or a round (fl), "
+        "seeded by (seed, client, epoch, step)", low=0, absent_means=0.0,
+    )  # fmt: skip
+    deadline_s: float = setting(
+        0.0, "simulated seconds the server waits for a step's uploads; late clients sit the step out "
+        "(0 = wait for all)", low=0, absent_means=0.0,
+    )  # fmt: skip
     # --- where and how it runs (never changes a number) --------------------------------
     executor: str = setting(
         "local", "local (one process, no Ray) or ray (client shards and server as Ray actors)",
@@ -187,6 +225,7 @@ class RunConfig:
             raise ConfigError(f"--lr-schedule {ex}") from ex
         self._resolve_knobs(method)
         self._check_sizes()
+        self._check_systems(method)
         if self.leakage:
             self._check_leakage(method)
 
@@ -232,6 +271,35 @@ class RunConfig:
                 raise ConfigError(
                     f"{flag(name)} {getattr(self, name)} exceeds the {limit} images of that split"
                 )
+
+    def _check_systems(self, method: Method) -> None:
+        """The systems model's settings (SPEC section 4): every profile is read and checked here."""
+        if self.dropout >= 1:
+            raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout!r}")
+        if self.clients_per_round > self.clients:
+            raise ConfigError(
+                f"--clients-per-round {self.clients_per_round} is more than --clients {self.clients}"
+            )
+        for name in ("clients_per_round", "dropout", "deadline_s"):
+            if getattr(self, name) != _FIELDS[name].default and name not in method.schedule.absences:
+                takes = [m for m, spec in _builtin_methods().items() if name in spec.schedule.absences]
+                raise ConfigError(
+                    f"{flag(name)} does not apply to --method {self.method}; methods that take it: "
+                    f"{', '.join(takes)}"
+                )
+        self.device_profiles  # noqa: B018 -- loads and checks --devices before any work
+        try:
+            parse_codec(self.compress)
+        except ValueError as ex:
+            raise ConfigError(f"--compress {ex}") from ex
+
+    @property
+    def device_profiles(self) -> DeviceProfiles:
+        """Each client's and the server's speed and links (systems/devices.py)."""
+        return load_profiles(
+            self.devices, self.clients, self.seed, self.client_flops_per_s, self.link_rate_bps,
+            self.server_flops_per_s, self.server_link_bps,
+        )  # fmt: skip
 
     def _check_leakage(self, method: Method) -> None:
         if not method.client.sends_smashed:

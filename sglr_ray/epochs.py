@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 from sglr_ray.measure.flops import EpochFlops
 from sglr_ray.nodes.server import CommLedger
+from sglr_ray.systems.clock import EpochClock
 
 ProgressFn = Callable[[int, int, float], None]  # (epoch, iterations done, running loss)
 
@@ -50,6 +51,7 @@ class EpochResult:
     flops: EpochFlops
     energy_j: float | None  # measured over the training part of the epoch; None without a meter
     restarts: int = 0  # times the epoch was replayed after an actor died
+    clock: EpochClock | None = None  # the epoch on the virtual clock (systems/clock.py)
 
 
 @dataclass

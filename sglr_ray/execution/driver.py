@@ -22,11 +22,13 @@ from sglr_ray.execution import checkpoint, interrupt
 from sglr_ray.execution.engine import Engine
 from sglr_ray.measure.energy import EnergyMeter, open_meter
 from sglr_ray.measure.flops import epoch_flops
+from sglr_ray.measure.timing import timing_for
 from sglr_ray.nodes.client import ClientShard
 from sglr_ray.nodes.models import ModelParts
 from sglr_ray.nodes.server import Server
 from sglr_ray.results.storage import check_writable
 from sglr_ray.results.writer import ResultsWriter, check_run_identity, make_run_id
+from sglr_ray.systems.clock import epoch_clock
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,8 @@ def run_epoch(
     ex: Executor, config: RunConfig, epoch: int, progress: ProgressFn | None, meter: EnergyMeter
 ) -> EpochResult:
     spec, engine = config.spec, Engine(ex, config, progress)
+    timing = timing_for(config)
+    ex.call(ex.server, Server.use_timing, timing)  # actor calls run in order: before the first step
     started, energy_before = time.perf_counter(), meter.read_j()
     train_loss = spec.schedule.train_epoch(engine, epoch)
     for after_training in spec.epoch_end:  # FedAvg of the clients' models, of the server's copies
@@ -77,6 +81,7 @@ def run_epoch(
         train_wall_s=trained - started, eval_wall_s=time.perf_counter() - trained,
         flops=epoch_flops(config),
         energy_j=None if energy_before is None else energy_after - energy_before,
+        clock=engine.clock or epoch_clock(comm.phases, timing, config.clients),
     )  # fmt: skip
 
 

@@ -15,9 +15,12 @@ from typing import Any
 
 from sglr_ray.config import RunConfig
 from sglr_ray.epochs import Executor, ProgressFn
+from sglr_ray.measure.timing import timing_for
 from sglr_ray.nodes.client import ClientShard
 from sglr_ray.nodes.models import bottom_state_nbytes
 from sglr_ray.nodes.server import Server
+from sglr_ray.systems.clock import EpochClock, Timing
+from sglr_ray.systems.presence import is_present, miss_probability, round_clients
 
 # Steps the driver lets run ahead before it waits for a step's metrics. Actor
 # calls run in submission order, so this is safe; it only bounds memory.
@@ -29,6 +32,18 @@ class Engine:
 
     def __init__(self, ex: Executor, config: RunConfig, progress: ProgressFn | None = None) -> None:
         self.ex, self.config, self._progress = ex, config, progress
+        self.clock: EpochClock | None = None  # set by a schedule that keeps its own time (report_clock)
+        self.round: list[int] | None = None  # the epoch's clients where some are absent (None: all)
+
+    @property
+    def timing(self) -> Timing:
+        """The virtual clock's inputs: profiles, FLOPs and bytes per sample (measure/timing.py)."""
+        return timing_for(self.config)
+
+    def report_clock(self, clock: EpochClock) -> None:
+        """The epoch on the virtual clock, from a schedule whose clients do not move in lockstep
+        (asl); other epochs are timed from the ledger's phases."""
+        self.clock = clock
 
     def progress(self, epoch: int, iterations: int, loss: float) -> None:
         if self._progress:
@@ -68,15 +83,47 @@ class Engine:
     def on_server(self, fn: Callable[..., Any], *args: Any, num_returns: int = 1) -> Any:
         return self.ex.call(self.ex.server, fn, *args, num_returns=num_returns)
 
+    @property
+    def filters_clients(self) -> bool:
+        """Whether some client may be absent from a step (--clients-per-round, --dropout, availability)."""
+        config = self.config
+        return bool(config.clients_per_round or config.dropout or not self.timing.profiles.always_available)
+
+    def taking_part(self, epoch: int, step: int, clients: list[int] | None) -> list[int] | None:
+        """Of `clients` (None: all), those taking part at (epoch, step): the epoch's round sample,
+        less those who miss the step (systems/presence.py). None: no client is ever absent."""
+        if not self.filters_clients:
+            return clients
+        config, available = self.config, self.timing.profiles.availability
+        chosen = set(round_clients(config.seed, epoch, config.clients_per_round, config.clients))
+        return [
+            c
+            for c in (range(config.clients) if clients is None else clients)
+            if c in chosen
+            and is_present(config.seed, c, epoch, step, miss_probability(config.dropout, available[c]))
+        ]
+
     def split_steps(self, epoch: int, clients: list[int] | None, done_before: int = 0) -> tuple[float, int]:
-        """Steps 1-6 of SPEC section 2, `steps_per_epoch` times, for `clients` (None: all).
+        """Steps 1-6 of SPEC section 2, `steps_per_epoch` times, for `clients` (None: all) less
+        those absent from a step (`taking_part`).
 
         Returns (sum of per-sample losses, samples). `done_before` counts iterations
         of earlier turns in this epoch (SSL), for the progress callback. A shard applies
-        a step's gradients and forwards the next batch in one call, and up to
+        a step's gradients and forwards its next batch in one call, and up to
         MAX_STEPS_IN_FLIGHT steps run ahead of the metrics the driver reads.
         """
-        ex, participants = self.ex, self.participants(clients)
+        ex, steps = self.ex, self.config.steps_per_epoch
+        if self.filters_clients:
+            self.round = round_clients(
+                self.config.seed, epoch, self.config.clients_per_round, self.config.clients
+            )
+        fixed = None if self.filters_clients else self.participants(clients)
+
+        def plan(step: int) -> list[tuple[Any, list[int] | None]]:
+            if step >= steps:
+                return []
+            return fixed if fixed is not None else self.participants(self.taking_part(epoch, step, clients))
+
         in_flight: deque = deque()
         totals = [0.0, 0, 0]  # loss sum, samples, settled steps
 
@@ -87,29 +134,72 @@ class Engine:
             totals[0] += metrics.loss * metrics.samples
             totals[1] += metrics.samples
             totals[2] += 1
-            self.progress(epoch, done_before + totals[2], totals[0] / totals[1])
+            self.progress(epoch, done_before + totals[2], totals[0] / max(1, totals[1]))
 
-        steps = self.config.steps_per_epoch
-        uploads = [ex.call(shard, ClientShard.forward_batch, epoch, 0, ids) for shard, ids in participants]
+        current = plan(0)
+        uploads = [ex.call(shard, ClientShard.forward_batch, epoch, 0, ids) for shard, ids in current]
         for step in range(steps):
-            metrics, averaged, *deliveries = ex.call(
-                ex.server, Server.train_step, epoch, step, *uploads, num_returns=len(uploads) + 2
-            )
-            pairs = list(zip(participants, deliveries, strict=True))
-            if step + 1 < steps:  # a shard applies this step's gradients and forwards the next batch
+            upcoming = plan(step + 1)
+            if current:
+                metrics, averaged, *deliveries = ex.call(
+                    ex.server, Server.train_step, epoch, step, *uploads, num_returns=len(uploads) + 2
+                )
+                uploads, applies = self._apply_and_forward(
+                    current, deliveries, averaged, upcoming, epoch, step + 1
+                )
+                in_flight.append((metrics, applies))
+            else:  # every client absent: no server step
                 uploads = [
-                    ex.call(shard, ClientShard.apply_then_forward, d, averaged, epoch, step + 1, ids)
-                    for (shard, ids), d in pairs
+                    ex.call(shard, ClientShard.forward_batch, epoch, step + 1, ids) for shard, ids in upcoming
                 ]
-                applies = []  # a failure there fails the next server step, whose metrics are fetched
-            else:
-                applies = [ex.call(shard, ClientShard.apply_gradient, d, averaged) for (shard, _), d in pairs]
-            in_flight.append((metrics, applies))
+            current = upcoming
             if len(in_flight) > MAX_STEPS_IN_FLIGHT:
                 settle_oldest()
         while in_flight:
             settle_oldest()
         return totals[0], totals[1]
+
+    def _apply_and_forward(
+        self, current: list, deliveries: list, averaged: Any, upcoming: list, epoch: int, next_step: int
+    ) -> tuple[list[Any], list[Any]]:
+        """Each shard of this step applies what it received and, where it has clients in the next
+        step, forwards their batches in the same call; shards new to the next step only forward.
+        Returns (the next step's uploads in shard order, the apply calls nothing else waits on)."""
+        ex = self.ex
+        following = {id(shard): ids for shard, ids in upcoming}
+        forwarded, applies = {}, []
+        for (shard, _), delivery in zip(current, deliveries, strict=True):
+            if id(shard) in following:
+                forwarded[id(shard)] = ex.call(
+                    shard,
+                    ClientShard.apply_then_forward,
+                    delivery,
+                    averaged,
+                    epoch,
+                    next_step,
+                    following[id(shard)],
+                )
+            else:
+                applies.append(ex.call(shard, ClientShard.apply_gradient, delivery, averaged))
+        uploads = [
+            forwarded[id(shard)]
+            if id(shard) in forwarded
+            else ex.call(shard, ClientShard.forward_batch, epoch, next_step, ids)
+            for shard, ids in upcoming
+        ]
+        return uploads, applies
+
+    def split_step(self, epoch: int, step: int, clients: list[int]) -> Any:
+        """One split step of `clients` on their batch `step`, waited for: its StepMetrics. For a
+        schedule that decides each step from the last (asl); `split_steps` pipelines instead."""
+        ex, parts = self.ex, self.participants(clients)
+        uploads = [ex.call(shard, ClientShard.forward_batch, epoch, step, ids) for shard, ids in parts]
+        metrics, averaged, *deliveries = ex.call(
+            ex.server, Server.train_step, epoch, step, *uploads, num_returns=len(uploads) + 2
+        )
+        pairs = zip(parts, deliveries, strict=True)
+        ex.get([ex.call(shard, ClientShard.apply_gradient, d, averaged) for (shard, _), d in pairs])
+        return ex.get(metrics)
 
     def hand_over(self, from_client: int, to_client: int) -> None:
         """SSL: a reference to the bottom weights goes shard to shard; the server counts the bytes."""
@@ -119,10 +209,21 @@ class Engine:
         nbytes = bottom_state_nbytes(self.config.model)
         ex.call(ex.server, Server.relay_model, from_client, to_client, nbytes)
 
-    def train_local(self, epoch: int, passes: int) -> tuple[float, int]:
-        ex = self.ex
-        per_shard = ex.get([ex.call(shard, ClientShard.train_local, epoch, passes) for shard in ex.shards])
-        loss_sum, samples = map(sum, zip(*per_shard, strict=True))
+    def train_local(self, epoch: int, passes: int, central: bool = False) -> tuple[float, int]:
+        """Every shard trains its clients' whole models (those taking part in the round: FL's
+        clients miss or join whole rounds); the server's ledger is told the samples trained,
+        for the virtual clock (at the server's speed where `central`: CL's data centre)."""
+        ex, chosen = self.ex, self.taking_part(epoch, 0, None)
+        self.round = chosen
+        parts = self.participants(chosen)
+        per_shard = ex.get(
+            [ex.call(shard, ClientShard.train_local, epoch, passes, ids) for shard, ids in parts]
+        )
+        loss_sum, samples = (sum(v) for v in zip(*per_shard, strict=True)) if per_shard else (0.0, 0)
+        trained = self.config.iterations_per_epoch * self.config.batch_size  # per client (CL: in all)
+        clients = [c for ids in ex.shard_client_ids for c in ids] if chosen is None else chosen
+        work = ({}, trained) if central else (dict.fromkeys(clients, trained), 0)
+        ex.call(ex.server, Server.record_local_work, *work)
         return loss_sum, samples
 
     def upload_raw_data(self) -> None:
@@ -130,10 +231,15 @@ class Engine:
             self.ex.call(self.ex.server, Server.receive_raw_data, client, nbytes)
 
     def average_client_models(self) -> None:
-        """FedAvg: each shard uploads sum_i n_i * w_i over its clients; the mean goes back to every
-        shard and is where every client starts the next round."""
+        """FedAvg: each shard uploads sum_i n_i * w_i over its clients in the round (all, or
+        `round`); the mean goes back to every shard and is where every client starts the next."""
         ex = self.ex
-        uploads = [ex.call(shard, ClientShard.upload_models) for shard in ex.shards]
+        parts = self.participants(self.round)
+        if not parts:  # nobody took part in this round: nothing to average
+            return
+        uploads = [
+            ex.call(shard, ClientShard.upload_models, *([] if ids is None else [ids])) for shard, ids in parts
+        ]
         mean_state = ex.call(ex.server, Server.average_client_models, *uploads)
         ex.get([ex.call(shard, ClientShard.load_model_state, mean_state) for shard in ex.shards])
 

@@ -12,7 +12,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from sglr_ray.methods import baselines, cyclesl, gpsl, lsl, sfl, sflv1, sglr, usl
+from sglr_ray.methods import asl, baselines, cyclesl, gpsl, lsl, sfl, sflv1, sglr, usl
 from sglr_ray.methods.base import Delivery, Method, OwnGradients, SplitRule
 
 __all__ = [
@@ -25,7 +25,7 @@ METHODS: dict[str, Method] = {
     for m in (
         baselines.cl, baselines.fl, baselines.ssl,
         sglr.psl, sglr.slr, sglr.sgl, sglr.sglr, sfl.sfl,
-        sflv1.sflv1, cyclesl.cyclesl, gpsl.gpsl, usl.usl, lsl.lsl,
+        sflv1.sflv1, cyclesl.cyclesl, gpsl.gpsl, usl.usl, lsl.lsl, asl.asl,
     )
 }  # fmt: skip
 

@@ -40,6 +40,7 @@ class LocalLossClient(ClientRole):
     """A bottom model and its auxiliary head; one local step per batch, before the upload."""
 
     grouped = False
+    forward_share = 1.0  # the whole local step comes before the upload; nothing after it
 
     def build_client(self, parts: Parts) -> nn.Module:
         head = parts.seeded(lambda: auxiliary_head(parts.smashed_shape, parts.num_classes), AUX_SALT)

@@ -49,6 +49,9 @@ class ClientRole:
     sends_smashed = True  # a server-side attacker sees smashed data (the leakage attack needs it)
     sends_labels = True  # labels go up with the smashed data (U-shaped: they stay on the client)
     grouped = True  # clients of a shard may run as one grouped model (nodes/grouped.py)
+    # Of a client's FLOPs per sample, the share spent before its upload (the virtual clock's
+    # forward): a bottom's step is its forward and its weight gradient, about equal in FLOPs.
+    forward_share = 0.5
 
     def build_client(self, parts: Parts) -> nn.Module:
         return parts.bottom()
@@ -92,6 +95,7 @@ class WholeModel(ClientRole):
     whole_model = True
     sends_smashed = False
     grouped = False
+    forward_share = 1.0  # the local training comes before the model goes up
 
     def build_client(self, parts: Parts) -> nn.Module:
         return nn.Sequential(parts.bottom(), parts.top())  # the very weights split methods start from

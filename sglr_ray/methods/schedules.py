@@ -30,11 +30,27 @@ class Engine(Protocol):
         """steps_per_epoch split steps (SPEC section 2) for `clients` (None: all);
         returns (sum of per-sample losses, samples)."""
 
+    def split_step(self, epoch: int, step: int, clients: list[int]) -> Any:
+        """One split step (forward, server step, apply) of `clients` on their batch `step`,
+        waited for; returns its StepMetrics (loss, samples)."""
+
+    def taking_part(self, epoch: int, step: int, clients: list[int] | None) -> list[int] | None:
+        """Of `clients` (None: all), those present at (epoch, step); None where nobody is ever absent."""
+
+    @property
+    def timing(self) -> Any:
+        """The virtual clock's inputs (systems.clock.Timing)."""
+
+    def report_clock(self, clock: Any) -> None:
+        """The epoch on the virtual clock, from a schedule whose clients are not in lockstep (asl)."""
+
     def hand_over(self, from_client: int, to_client: int) -> None:
         """SSL: `from_client`'s bottom weights go through the server to `to_client`."""
 
-    def train_local(self, epoch: int, passes: int) -> tuple[float, int]:
-        """Every shard trains its clients' whole models on their own data, `passes` times over it."""
+    def train_local(self, epoch: int, passes: int, central: bool = False) -> tuple[float, int]:
+        """Every shard trains its clients' whole models on their own data, `passes` times over it
+        (`central`: the one "client" is the data centre, whose work the virtual clock times at
+        the server's speed)."""
 
     def upload_raw_data(self) -> None:
         """CL: every client's raw partition goes to the data centre (counted once)."""
@@ -74,10 +90,17 @@ class FlopCounts(Protocol):
     def step(self, module: Any, input_shape: tuple[int, ...], batch: int, input_grad: bool) -> int: ...
 
 
+def mean_loss(loss_sum: float, samples: int) -> float:
+    """The epoch's mean training loss per sample; nan when nobody trained (every client absent)."""
+    return loss_sum / samples if samples else float("nan")
+
+
 class Schedule:
     """A schedule's interface, with PSL's answers where one fits most schedules."""
 
     groupable = False  # every client of a shard steps together with a batch of b (nodes/grouped.py)
+    # Which absences it handles (systems/presence.py has the table): settings it accepts.
+    absences: frozenset[str] = frozenset()
 
     def train_epoch(self, engine: Engine, epoch: int) -> float:
         """Train one epoch; return its mean training loss per sample."""
@@ -90,6 +113,15 @@ class Schedule:
     def epoch_flops(self, config: RunSettings, flops: FlopCounts) -> tuple[int, int]:
         """(FLOPs of one client, FLOPs of the server) in one epoch."""
         raise NotImplementedError
+
+    def epoch_samples(self, config: RunSettings) -> tuple[float, float]:
+        """(samples one client trains on, client samples the server computes on) in one epoch:
+        with `epoch_flops`, the FLOPs per sample the virtual clock charges (measure/timing.py)."""
+        if config.spec.batch_plan is not None:  # a client's mean share of the global batches
+            per_client = config.steps_per_epoch * config.global_batch_size / config.clients
+        else:
+            per_client = config.steps_per_epoch * config.batch_size
+        return per_client, per_client * config.clients
 
     def scorer(self, config: RunSettings) -> int | None:
         """None: every client scores its own model with the server's; else the one client whose
@@ -106,10 +138,11 @@ class Parallel(Schedule):
     applies what it receives; steps_per_epoch times."""
 
     groupable = True
+    absences = frozenset({"clients_per_round", "dropout", "deadline_s"})
 
     def train_epoch(self, engine: Engine, epoch: int) -> float:
         loss_sum, samples = engine.split_steps(epoch, None)
-        return loss_sum / samples
+        return mean_loss(loss_sum, samples)
 
     def epoch_flops(self, config: RunSettings, flops: FlopCounts) -> tuple[int, int]:
         spec, steps = config.spec, config.steps_per_epoch
@@ -122,7 +155,10 @@ class Parallel(Schedule):
 
 class Sequential(Schedule):
     """SSL: clients take turns, one local epoch each with the server; each starts from the
-    bottom weights of the client before it (the last client of the previous epoch, for client 0)."""
+    bottom weights of the client before it (the last client of the previous epoch, for client 0).
+    With --dropout a client skips the steps of its turn it misses."""
+
+    absences = frozenset({"dropout"})
 
     def train_epoch(self, engine: Engine, epoch: int) -> float:
         clients, loss_sum, samples = engine.config.clients, 0.0, 0
@@ -133,7 +169,7 @@ class Sequential(Schedule):
             done = client * engine.config.steps_per_epoch
             turn_loss, turn_samples = engine.split_steps(epoch, [client], done_before=done)
             loss_sum, samples = loss_sum + turn_loss, samples + turn_samples
-        return loss_sum / samples
+        return mean_loss(loss_sum, samples)
 
     def iterations_per_epoch(self, config: RunSettings) -> int:
         return config.clients * config.steps_per_epoch
@@ -152,14 +188,16 @@ class Local(Schedule):
 
     def __init__(self, pooled: bool = False) -> None:
         self.pooled = pooled
+        # FL: K clients a round, or a client missing a round; CL's data centre is always there.
+        self.absences = frozenset() if pooled else frozenset({"clients_per_round", "dropout"})
 
     def train_epoch(self, engine: Engine, epoch: int) -> float:
         if self.pooled and epoch == 0:  # the clients' raw data goes to the data centre, once
             engine.upload_raw_data()
         passes = 1 if self.pooled else engine.config.local_epochs  # FL's option (methods/baselines.py)
-        loss_sum, samples = engine.train_local(epoch, passes)
-        engine.progress(epoch, self.iterations_per_epoch(engine.config), loss_sum / samples)
-        return loss_sum / samples
+        loss_sum, samples = engine.train_local(epoch, passes, central=self.pooled)
+        engine.progress(epoch, self.iterations_per_epoch(engine.config), mean_loss(loss_sum, samples))
+        return mean_loss(loss_sum, samples)
 
     def iterations_per_epoch(self, config: RunSettings) -> int:
         if self.pooled:  # one model, batches of b over the union of the partitions
@@ -171,6 +209,10 @@ class Local(Schedule):
         if self.pooled:  # CL: the clients compute nothing; one model trains on all the data
             return 0, self.iterations_per_epoch(config) * whole
         return config.local_epochs * config.steps_per_epoch * whole, 0  # averaging weights: negligible
+
+    def epoch_samples(self, config: RunSettings) -> tuple[float, float]:
+        trained = self.iterations_per_epoch(config) * config.batch_size
+        return (0.0, trained) if self.pooled else (trained, 0.0)
 
     def scorer(self, config: RunSettings) -> int | None:
         return 0  # CL's one model; FL's average, which every client holds

@@ -63,10 +63,12 @@ class SplitAvg:
     def deliver(self, grads: Mapping[int, torch.Tensor], epoch: int, step: int) -> Delivery:
         active: list[int] = []
         if self.phase.is_on(epoch, self.epochs):
-            drawn = sample_active_clients(self.seed, epoch, step, self.phi, self.num_clients)
-            active = [c for c in drawn if c in grads]  # SSL's turn holds one client: nothing to average
-            if len(active) < 2:
-                active = []
+            present = sorted(grads)
+            if len(present) == self.num_clients:
+                active = sample_active_clients(self.seed, epoch, step, self.phi, self.num_clients)
+            else:  # some clients absent (a turn, a deadline, dropout): floor(phi * present) of those present
+                drawn = sample_active_clients(self.seed, epoch, step, self.phi, len(present))
+                active = [present[k] for k in drawn]
         if not active:
             return Delivery(own=dict(grads))
         own = {c: g for c, g in grads.items() if c not in active}

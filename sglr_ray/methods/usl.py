@@ -141,9 +141,10 @@ def head_backward(shard, delivery, averaged) -> None:
 
 
 class UShapedSchedule(Parallel):
-    """Two round trips a step, every client in parallel (steps 1-5 above)."""
+    """Two round trips a step, every client in parallel (steps 1-5 above); every client takes part."""
 
     groupable = False
+    absences = frozenset()
 
     def train_epoch(self, engine: Engine, epoch: int) -> float:
         loss_sum, samples = 0.0, 0

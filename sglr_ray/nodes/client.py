@@ -33,6 +33,7 @@ from sglr_ray.data import ImageSet, PreparedData, eval_slice
 from sglr_ray.methods.aggregate import weighted_state_sum
 from sglr_ray.methods.roles import StepContext
 from sglr_ray.nodes.batches import BatchDrawer
+from sglr_ray.nodes.codec import parse_codec
 from sglr_ray.nodes.grouped import GroupedBottoms, groupable
 from sglr_ray.nodes.models import ModelParts, smashed_shape, state_nbytes, weights_copy
 from sglr_ray.nodes.optim import (
@@ -107,6 +108,7 @@ class ClientShard:
         self._batches = BatchDrawer(config, self.device)
         self._schedule = LrSchedule.parse(config.lr_schedule)
         self._smashed_shape = smashed_shape(config.model)
+        self._codec = parse_codec(config.compress)  # what the server decodes of each upload
         self._grouped = self._make_group() if group else None
 
     def _make_group(self) -> GroupedBottoms | None:
@@ -118,6 +120,7 @@ class ClientShard:
         sizes = {len(c.data) for c in self.clients}
         if (
             not spec.schedule.groupable or not self.role.grouped or spec.batch_plan is not None
+            or self.config.deadline_s > 0  # a late client must skip its step: the per-client loop
             or len(self.clients) < 2 or len(sizes) != 1 or not groupable(self.clients[0].model)
         ):  # fmt: skip
             return None
@@ -213,7 +216,7 @@ class ClientShard:
                 ctx = StepContext(self.config.seed, client.client_id, epoch, step)
                 upload, kept = self.role.forward(client.model, client.optimizer, x, y.to(self.device), ctx)
             self._pending.append((client, kept))  # keeps the graph for apply_gradient
-            smashed.append(upload.detach().cpu())
+            smashed.append(self._codec.roundtrip(upload.detach().cpu()))
             labels.append(y if self.role.sends_labels else y[:0])  # U-shaped: labels stay here
             sizes.append(len(y))
         ids = [client.client_id for client, _ in self._pending]
@@ -236,7 +239,8 @@ class ClientShard:
             s = self._grouped.forward(x)
         self._pending = s  # keeps the graph for apply_gradient
         batch = self.config.batch_size
-        return SmashedBatch(self.client_ids, [batch] * len(self.clients), s.detach().cpu(), y)
+        sent = self._codec.roundtrip(s.detach().cpu())
+        return SmashedBatch(self.client_ids, [batch] * len(self.clients), sent, y)
 
     def apply_gradient(self, delivery: GradientDelivery, averaged_gradient: torch.Tensor | None) -> None:
         """Back-propagate each client's split-layer gradient (own or averaged) and step its optimizer."""
@@ -252,6 +256,8 @@ class ClientShard:
             self._pending = None
             return
         for client, kept in self._pending:
+            if client.client_id in delivery.late:  # past the deadline: the step went on without it
+                continue
             grad = averaged_gradient if client.client_id in averaged else delivery.own.get(client.client_id)
             received = None if grad is None else grad.to(self.device)  # None: nothing comes down (lsl)
             self.role.backward(client.model, client.optimizer, kept, received)
@@ -272,8 +278,11 @@ class ClientShard:
 
     # --- CL and FL: whole models trained on local data ------------------------------
 
-    def train_local(self, epoch: int, passes: int = 1) -> tuple[float, int]:
-        """Every client trains its whole model on its own data: `passes` passes of batch b.
+    def train_local(
+        self, epoch: int, passes: int = 1, client_ids: list[int] | None = None
+    ) -> tuple[float, int]:
+        """Every client (or those named: the round's) trains its whole model on its own data:
+        `passes` passes of batch b.
 
         Returns (sum of per-sample losses, samples) for the epoch's mean training loss.
         """
@@ -281,7 +290,7 @@ class ClientShard:
             raise RuntimeError(f"--method {self.config.method} trains through the server, not locally")
         loss_sum, samples = 0.0, 0
         self._round = None
-        for client in self.clients:
+        for client in self._select(client_ids):
             if self._one_model:  # FedAvg: every client starts the round from the global model
                 client.model.load_state_dict(self._global)
             self._set_epoch_lr([client], epoch)
@@ -314,18 +323,21 @@ class ClientShard:
 
     # --- weights: FedAvg (SFL, FL), SSL's hand-over, the leakage attack ----------------
 
-    def upload_models(self) -> ModelUpload:
-        """This shard's part of FedAvg: model states weighted by partition size, summed."""
+    def upload_models(self, client_ids: list[int] | None = None) -> ModelUpload:
+        """This shard's part of FedAvg: model states weighted by partition size, summed, over its
+        clients (or those named: the round's; FL sums the clients it trained as it goes)."""
         if self._one_model:  # summed as train_local went
             if self._round is None:
                 raise RuntimeError("upload_models called before train_local in this round")
             total, weight = self._round
             nbytes = state_nbytes(self.clients[0].model)
-            return ModelUpload(self.client_ids, {k: v.cpu() for k, v in total.items()}, weight, nbytes)
-        states = [{k: v.detach().cpu() for k, v in c.model.state_dict().items()} for c in self.clients]
-        weights = [float(len(c.data)) for c in self.clients]
+            ids = self.client_ids if client_ids is None else client_ids
+            return ModelUpload(ids, {k: v.cpu() for k, v in total.items()}, weight, nbytes)
+        chosen = self._select(client_ids)
+        states = [{k: v.detach().cpu() for k, v in c.model.state_dict().items()} for c in chosen]
+        weights = [float(len(c.data)) for c in chosen]
         return ModelUpload(
-            client_ids=self.client_ids,
+            client_ids=[c.client_id for c in chosen],
             weighted_state_sum=weighted_state_sum(states, weights),
             total_weight=sum(weights),
             state_nbytes=state_nbytes(self.clients[0].model),

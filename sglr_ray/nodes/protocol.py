@@ -6,7 +6,7 @@ smashed data and labels. Raw inputs never appear in them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -27,6 +27,19 @@ class SmashedBatch:
     smashed: torch.Tensor  # (sum(sizes), *smashed_shape), detached, on the CPU
     labels: torch.Tensor  # (sum(sizes),) int64
 
+    def without(self, client_ids: set[int]) -> SmashedBatch:
+        """The upload less the rows of `client_ids` (their uploads missed the deadline)."""
+        keep, rows, start = [], [], 0
+        for client_id, n in zip(self.client_ids, self.sizes, strict=True):
+            if client_id not in client_ids:
+                keep.append((client_id, n))
+                rows.extend(range(start, start + n))
+            start += n
+        index = torch.tensor(rows, dtype=torch.int64)
+        return SmashedBatch(
+            [c for c, _ in keep], [n for _, n in keep], self.smashed[index], self.labels[index]
+        )
+
 
 @dataclass
 class GradientDelivery:
@@ -38,6 +51,7 @@ class GradientDelivery:
 
     own: dict[int, torch.Tensor]
     averaged: list[int]
+    late: list[int] = field(default_factory=list)  # uploads past the deadline: nothing comes back
 
 
 @dataclass

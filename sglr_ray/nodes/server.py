@@ -19,10 +19,12 @@ import torch
 
 from sglr_ray.methods.aggregate import fedavg, weighted_state_sum
 from sglr_ray.methods.base import ServerBatch
+from sglr_ray.nodes.codec import parse_codec
 from sglr_ray.nodes.models import ModelParts, weights_copy
 from sglr_ray.nodes.optim import LrSchedule, autocast, classification_loss, make_optimizer, set_lr
 from sglr_ray.nodes.protocol import GradientDelivery, ModelUpload, SmashedBatch, StepMetrics, tensor_nbytes
 from sglr_ray.nodes.specs import NodeSettings
+from sglr_ray.systems.clock import Phase, Timing, missed_deadline, upload_s
 
 
 @dataclass
@@ -30,7 +32,10 @@ class CommLedger:
     """Bytes moved per client (up = client to server, down = server to client) in one epoch.
 
     A broadcast is counted once in `server_sent` and once per receiving client
-    in `bytes_down`: that difference is SplitAvg's saving.
+    in `bytes_down`: that difference is SplitAvg's saving. `phases` keeps the same
+    bytes step by step, with the samples each client and the server computed on,
+    for the virtual clock (systems/clock.py): a phase closes at each server step,
+    model exchange or hand-over, and holds the bytes counted since the last one.
     """
 
     num_clients: int
@@ -38,6 +43,7 @@ class CommLedger:
     bytes_down: list[int] = field(default_factory=list)
     active_steps: list[int] = field(default_factory=list)
     server_sent: int = 0
+    phases: list[Phase] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.reset()
@@ -47,6 +53,29 @@ class CommLedger:
         self.bytes_down = [0] * self.num_clients
         self.active_steps = [0] * self.num_clients
         self.server_sent = 0
+        self.phases = []
+        self._open = Phase()
+        self._marks = ([0] * self.num_clients, [0] * self.num_clients, 0)
+
+    def add_work(self, samples: dict[int, int], server_samples: int = 0) -> None:
+        """Samples computed on in the phase in progress, by client and by the server."""
+        for client_id, n in samples.items():
+            self._open.samples[client_id] = self._open.samples.get(client_id, 0) + n
+        self._open.server_samples += server_samples
+
+    def close_phase(self, late: tuple[int, ...] = ()) -> None:
+        """End the phase in progress: it holds the work added and the bytes counted since the last."""
+        up_before, down_before, sent_before = self._marks
+        phase = self._open
+        phase.up = {c: b - a for c, (a, b) in enumerate(zip(up_before, self.bytes_up, strict=True)) if b != a}
+        phase.down = {
+            c: b - a for c, (a, b) in enumerate(zip(down_before, self.bytes_down, strict=True)) if b != a
+        }
+        phase.server_sent, phase.late = self.server_sent - sent_before, tuple(late)
+        if phase.clients or phase.server_samples or phase.server_sent:
+            self.phases.append(phase)
+        self._open = Phase()
+        self._marks = (list(self.bytes_up), list(self.bytes_down), self.server_sent)
 
 
 class Server:
@@ -75,6 +104,12 @@ class Server:
         self.ledger = CommLedger(config.clients)
         self._lr = config.server_lr
         self.scratch: dict = {}  # a method's own state between its calls in one step (methods/usl.py)
+        self.codec = parse_codec(config.compress)  # how gradients go down, and smashed data came up
+        self.timing: Timing | None = None  # the virtual clock's inputs (use_timing); deadlines read it
+
+    def use_timing(self, timing: Timing) -> None:
+        """The virtual clock's profiles and FLOPs per sample, given by the driver each epoch."""
+        self.timing = timing
 
     @property
     def top(self) -> torch.nn.Module:
@@ -110,15 +145,34 @@ class Server:
         return loss
 
     def train_step(self, epoch: int, step: int, *uploads: SmashedBatch) -> tuple:
-        """One server step: (StepMetrics, the broadcast tensor or None, a GradientDelivery per upload)."""
-        batch = self.gather(uploads)
+        """One server step: (StepMetrics, the broadcast tensor or None, a GradientDelivery per upload).
+        With a deadline, uploads that arrive after it on the virtual clock are counted and dropped."""
         self.set_epoch_lr(epoch)
-        self.account_uploads(uploads)
+        self.account_uploads(uploads)  # late or not, every upload was sent
+        late = self.late_clients(uploads)
+        in_time = tuple(u.without(set(late)) for u in uploads) if late else uploads
+        if not any(u.client_ids for u in in_time):  # nobody in time: the server has nothing to step on
+            return self.deliver({}, uploads, 0.0, epoch, step, late)
+        batch = self.gather(tuple(u for u in in_time if u.client_ids))
         loss, grads = self.spec.server_step(self, batch, epoch, step)
-        return self.deliver(grads, uploads, loss, epoch, step)
+        return self.deliver(grads, uploads, loss, epoch, step, late)
+
+    def late_clients(self, uploads: tuple[SmashedBatch, ...]) -> list[int]:
+        """The clients whose upload reaches the server after --deadline-s (systems/clock.py)."""
+        if self.timing is None or self.timing.deadline_s <= 0:
+            return []
+        arrivals = {
+            c: upload_s(self.timing, c, n, nbytes)
+            for u in uploads
+            for (c, n), nbytes in zip(
+                zip(u.client_ids, u.sizes, strict=True), self._upload_bytes(u), strict=True
+            )
+        }
+        return missed_deadline(self.timing, arrivals)
 
     def gather(self, uploads: tuple[SmashedBatch, ...]) -> ServerBatch:
-        """One iteration's uploads, concatenated on the server's device."""
+        """One iteration's uploads, concatenated on the server's device (the server's work)."""
+        self.ledger.add_work({}, sum(n for u in uploads for n in u.sizes))
         return ServerBatch(
             smashed=torch.cat([u.smashed for u in uploads]).to(self.device),
             labels=torch.cat([u.labels for u in uploads]).to(self.device),
@@ -133,20 +187,28 @@ class Server:
         loss: float,
         epoch: int,
         step: int,
+        late: list[int] = (),
     ) -> tuple:
         """The method's SplitRule turns split-layer gradients into what each shard receives, counted
         in the ledger: (StepMetrics, the broadcast tensor or None, a GradientDelivery per upload)."""
         delivery = self.rule.deliver(grads, epoch, step)
-        shared = delivery.shared.detach().cpu() if delivery.shared is not None else None
+        codec = self.codec
+        shared = codec.roundtrip(delivery.shared.detach().cpu()) if delivery.shared is not None else None
         deliveries = [
             GradientDelivery(
-                own={c: delivery.own[c].detach().cpu() for c in u.client_ids if c in delivery.own},
+                own={
+                    c: codec.roundtrip(delivery.own[c].detach().cpu())
+                    for c in u.client_ids
+                    if c in delivery.own
+                },
                 averaged=[c for c in u.client_ids if c in delivery.shared_to],
+                late=[c for c in u.client_ids if c in late],
             )
             for u in uploads
         ]
         self._account_deliveries(deliveries, shared)
-        samples = sum(n for u in uploads for n in u.sizes)
+        self.ledger.close_phase(tuple(late))
+        samples = sum(n for u in uploads for c, n in zip(u.client_ids, u.sizes, strict=True) if c not in late)
         return (StepMetrics(loss, samples, sorted(delivery.shared_to)), shared, *deliveries)
 
     def average_server_copies(self) -> None:
@@ -160,23 +222,27 @@ class Server:
     def account_uploads(self, uploads: tuple[SmashedBatch, ...]) -> None:
         """Bytes up: each client's rows of smashed data and labels, as sent."""
         for upload in uploads:
-            row_bytes = (tensor_nbytes(upload.smashed) + tensor_nbytes(upload.labels)) // max(
-                1, sum(upload.sizes)
-            )
-            for client_id, n in zip(upload.client_ids, upload.sizes, strict=True):
-                self.ledger.bytes_up[client_id] += n * row_bytes
+            for client_id, nbytes in zip(upload.client_ids, self._upload_bytes(upload), strict=True):
+                self.ledger.bytes_up[client_id] += nbytes
+            self.ledger.add_work(dict(zip(upload.client_ids, upload.sizes, strict=True)))
+
+    def _upload_bytes(self, upload: SmashedBatch) -> list[int]:
+        """Bytes each client of an upload sent: its rows of (compressed) smashed data and labels."""
+        rows = max(1, sum(upload.sizes))
+        row_bytes = (self.codec.nbytes(upload.smashed) + tensor_nbytes(upload.labels)) // rows
+        return [n * row_bytes for n in upload.sizes]
 
     def _account_deliveries(self, deliveries: list[GradientDelivery], averaged: torch.Tensor | None) -> None:
         ledger = self.ledger
         for delivery in deliveries:
             for client_id, grad in delivery.own.items():
-                ledger.bytes_down[client_id] += tensor_nbytes(grad)
-                ledger.server_sent += tensor_nbytes(grad)
+                ledger.bytes_down[client_id] += self.codec.nbytes(grad)
+                ledger.server_sent += self.codec.nbytes(grad)
             for client_id in delivery.averaged:
-                ledger.bytes_down[client_id] += tensor_nbytes(averaged)
+                ledger.bytes_down[client_id] += self.codec.nbytes(averaged)
                 ledger.active_steps[client_id] += 1
         if averaged is not None:
-            ledger.server_sent += tensor_nbytes(averaged)  # one broadcast
+            ledger.server_sent += self.codec.nbytes(averaged)  # one broadcast
 
     def average_client_models(self, *uploads: ModelUpload) -> dict[str, torch.Tensor]:
         """SFL: FedAvg of the bottom models; every client sends its model up and gets the mean back."""
@@ -185,6 +251,7 @@ class Server:
                 self.ledger.bytes_up[client_id] += upload.state_nbytes
                 self.ledger.bytes_down[client_id] += upload.state_nbytes
                 self.ledger.server_sent += upload.state_nbytes
+        self.ledger.close_phase()  # with the round's local work, if any (FL)
         return fedavg([(u.weighted_state_sum, u.total_weight) for u in uploads])
 
     def relay_model(self, from_client: int, to_client: int, nbytes: int) -> None:
@@ -192,6 +259,12 @@ class Server:
         self.ledger.bytes_up[from_client] += nbytes
         self.ledger.bytes_down[to_client] += nbytes
         self.ledger.server_sent += nbytes
+        self.ledger.close_phase()
+
+    def record_local_work(self, samples: dict[int, int], server_samples: int) -> None:
+        """Training the server does not see (CL's data centre, FL's clients), for the virtual clock:
+        it joins the phase in progress, which the round's model exchange closes."""
+        self.ledger.add_work(samples, server_samples)
 
     def receive_raw_data(self, client_id: int, nbytes: int) -> None:
         """CL: a client uploads its raw partition once, before training (the cost CL pays for privacy)."""
@@ -223,5 +296,6 @@ class Server:
 
     def pop_epoch_comm(self) -> CommLedger:
         """The epoch's byte counts; the ledger starts afresh."""
+        self.ledger.close_phase()  # work no exchange closed (CL's epoch)
         done, self.ledger = self.ledger, CommLedger(self.ledger.num_clients)
         return done

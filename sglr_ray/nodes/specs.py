@@ -28,6 +28,8 @@ class NodeSettings(Protocol):
     lr_schedule: str
     precision: str
     loss: str  # --loss: the training loss of the split and whole models
+    deadline_s: float  # --deadline-s: late uploads are dropped (0: none)
+    compress: str  # --compress: how smashed data and gradients are sent (nodes/codec.py)
 
     @property
     def server_lr(self) -> float: ...

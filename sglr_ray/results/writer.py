@@ -46,7 +46,7 @@ RUNS_SCHEMA = pa.schema([
     ("client_pflops_mean", pa.float64()), ("server_pflops", pa.float64()),
     ("bytes_per_client_mean", pa.float64()), ("energy_source", pa.string()), ("energy_j", pa.float64()),
     ("compute_energy_model_j", pa.float64()), ("tx_energy_model_j", pa.float64()),
-    ("restarts", pa.int64()), ("resumes", pa.int64()),
+    ("restarts", pa.int64()), ("resumes", pa.int64()), ("sim_time_s", pa.float64()),
     ("status", pa.string()), ("started_at", pa.string()), ("code_version", pa.string()),
     ("machine", pa.string()), ("config_json", pa.string()), ("schema_version", pa.int64()),
 ])  # fmt: skip
@@ -59,7 +59,7 @@ EPOCHS_SCHEMA = pa.schema([
     ("client_flops", pa.int64()), ("server_flops", pa.int64()),
     ("energy_j", pa.float64()), ("energy_source", pa.string()),
     ("compute_energy_model_j", pa.float64()), ("tx_energy_model_j", pa.float64()),
-    ("restarts", pa.int64()),
+    ("restarts", pa.int64()), ("sim_epoch_s", pa.float64()), ("sim_time_s", pa.float64()),
 ])  # fmt: skip
 CLIENTS_SCHEMA = pa.schema([
     ("run_id", pa.string()), ("epoch", pa.int64()), ("client_id", pa.int64()),
@@ -67,7 +67,8 @@ CLIENTS_SCHEMA = pa.schema([
     ("test_scored", pa.int64()), ("bytes_up", pa.int64()),
     ("bytes_down", pa.int64()), ("active_steps", pa.int64()), ("flops", pa.int64()),
     ("energy_j", pa.float64()), ("compute_energy_model_j", pa.float64()),
-    ("tx_energy_model_j", pa.float64()),
+    ("tx_energy_model_j", pa.float64()), ("busy_s", pa.float64()), ("wait_s", pa.float64()),
+    ("steps", pa.int64()), ("late_steps", pa.int64()), ("staleness_mean", pa.float64()),
 ])  # fmt: skip
 LEAKAGE_SCHEMA = pa.schema([
     ("run_id", pa.string()), ("method", pa.string()), ("model", pa.string()), ("clients", pa.int64()),
@@ -141,6 +142,19 @@ def read_run_settings(out: str, run_id: str) -> dict[str, Any]:
     return json.loads(row["config_json"])
 
 
+def _client_clock(result: EpochResult, client_id: int) -> dict[str, Any]:
+    """A client's epoch on the virtual clock: busy and waiting seconds, steps taken part in."""
+    clock = result.clock
+    if clock is None:
+        return {"busy_s": None, "wait_s": None, "steps": None, "late_steps": None, "staleness_mean": None}
+    staleness = clock.staleness_mean[client_id] if clock.staleness_mean else None
+    return {
+        "busy_s": clock.busy_s[client_id], "wait_s": clock.wait_s[client_id],
+        "steps": clock.steps[client_id], "late_steps": clock.late_steps[client_id],
+        "staleness_mean": staleness,
+    }  # fmt: skip
+
+
 class ResultsWriter:
     def __init__(self, out: str, run_id: str, config: RunConfig, data: Any, energy_source: str) -> None:
         self.run_id = run_id
@@ -198,6 +212,7 @@ class ResultsWriter:
             "energy_j": result.energy_j, "energy_source": self.run_row["energy_source"],
             "compute_energy_model_j": (flops.client_total + flops.server) * config.joules_per_flop,
             "tx_energy_model_j": bits * config.joules_per_bit, "restarts": result.restarts,
+            **self._sim_time(result),
         })  # fmt: skip
         for client_id in sorted(val.per_client):
             test_correct, test_scored = test.per_client[client_id] if test else (None, None)
@@ -210,9 +225,18 @@ class ResultsWriter:
                 "energy_j": shares[client_id],
                 "compute_energy_model_j": flops.per_client * config.joules_per_flop,
                 "tx_energy_model_j": 8 * comm.bytes_up[client_id] * config.joules_per_bit,
+                **_client_clock(result, client_id),
             })  # fmt: skip
         self.run_row.update(epochs_done=len(self.epoch_rows), wall_s=wall_s, **self._run_totals())
         self._flush()
+
+    def _sim_time(self, result: EpochResult) -> dict[str, float | None]:
+        """The epoch's simulated seconds, and the run's so far (systems/clock.py)."""
+        if result.clock is None:
+            return {"sim_epoch_s": None, "sim_time_s": None}
+        before = self.epoch_rows[-1].get("sim_time_s") if self.epoch_rows else 0.0
+        before = before or 0.0  # rows recorded before the clock existed (a resumed older run)
+        return {"sim_epoch_s": result.clock.sim_s, "sim_time_s": before + result.clock.sim_s}
 
     def _run_totals(self) -> dict[str, Any]:
         epochs, clients = self.epoch_rows, self.client_rows
@@ -226,6 +250,7 @@ class ResultsWriter:
             "compute_energy_model_j": sum(e["compute_energy_model_j"] for e in epochs),
             "tx_energy_model_j": sum(e["tx_energy_model_j"] for e in epochs),
             "restarts": sum(e["restarts"] for e in epochs),
+            "sim_time_s": epochs[-1].get("sim_time_s"),
         }
 
     def record_leakage(self, result: Any, originals: Any, reconstructions: Any) -> None:
