@@ -160,6 +160,7 @@ class ServerActor(_Host):
 
 
 _RESTORES = {ClientShard.load_state, Server.load_state}
+_SNAPSHOTS = {ClientShard.state, Server.state}  # what checkpoint.take_snapshot keeps (see _copy_here)
 
 
 # Ray starts its worker processes at niceness 15 (its `worker_niceness` setting), below
@@ -300,7 +301,20 @@ class RayExecutor:
         """`method` of the object `target` hosts, run in its actor; returns object references."""
         if target is self.server and self.server_in_driver:
             return self._call_in_driver(method, args, num_returns)
-        return target.call.options(num_returns=num_returns).remote(method, *args)
+        result = target.call.options(num_returns=num_returns).remote(method, *args)
+        if method in _SNAPSHOTS:
+            self._copy_here(result)
+        return result
+
+    def _copy_here(self, ref: ray.ObjectRef) -> None:
+        """Wait for a snapshot part and copy it into this node's object store. Its only copy
+        would otherwise sit on the actor's node, and a lost node would take the snapshot the
+        epoch is replayed from with it; Ray recovers a lost object from any copy. The copy is
+        Ray's own, made without fetching the state into this process."""
+        while True:  # in slices, so a stop signal is acted on (see get)
+            ready, _ = ray.wait([ref], timeout=GET_SLICE_S, fetch_local=True)
+            if ready:
+                return
 
     def _call_in_driver(self, method: Callable[..., Any], args: tuple, num_returns: int) -> Any:
         """A call on the server held in the driver, with an actor call's contract: references
