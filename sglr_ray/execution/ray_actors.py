@@ -275,17 +275,17 @@ class RayExecutor:
             self.shards.append(actor(ClientActor, shard_name(ids), gpus,
                                      placement.torch_threads, config.device, config, ids))  # fmt: skip
         attached = self._attach_data()
-        self.actor_starts = self._wait_started(placement)  # start-up is not epoch time
+        self.actor_starts = self._wait_started(placement, config.device)  # start-up is not epoch time
         self.get(attached)
 
     def _attach_data(self) -> list[ray.ObjectRef]:
         return [s.attach_data.remote(refs) for s, refs in zip(self.shards, self._shard_data, strict=True)]
 
-    def _wait_started(self, placement: Placement) -> dict[str, ActorStart]:
+    def _wait_started(self, placement: Placement, device_setting: str) -> dict[str, ActorStart]:
         """Wait for every actor to start; what each reported (its device and GPUs)."""
         reports = wait_started(dict(zip(placement.actor_names(), self.actors, strict=True)))
         idle_gpus = [name for name, r in reports.items() if r.gpu_ids and r.device == "cpu"]
-        if idle_gpus:
+        if idle_gpus and device_setting == "auto":
             log.warning("%s were given GPUs but run on cpu: torch sees no CUDA device there", idle_gpus)
         log.info(
             "%d client shards of up to %d clients; %.4g CPU per actor; %d torch threads per shard, "
