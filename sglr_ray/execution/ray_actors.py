@@ -248,20 +248,7 @@ class RayExecutor:
         self.clients_per_shard = placement.clients_per_shard
         self.shard_client_ids = placement.shard_client_ids
         self.partition_nbytes = [p.nbytes for p in data.partitions]
-        # A dead actor is restarted by Ray with its constructor arguments (in its bundle, which Ray
-        # places again if its node died); its calls in flight fail rather than rerun
-        # (max_task_retries=0), and the driver replays the epoch from the last snapshot (checkpoint.py).
-        common = {"max_concurrency": 1, "max_restarts": config.max_restarts, "max_task_retries": 0}
-        if user_method := method_file(config.method):
-            common["runtime_env"] = ray_internals.upload_module(user_method)
-        bundle = iter(range(placement.first_actor_bundle, len(placement.bundles())))
-
-        def actor(cls: type, name: str, gpus: float, *args: Any) -> Any:
-            options = {"name": f"{run_id}/{name}", "num_cpus": placement.cpus_per_actor, "num_gpus": gpus,
-                       "scheduling_strategy": in_bundle(group, next(bundle))}  # fmt: skip
-            self.actors.append(ray.remote(cls).options(**options, **common).remote(*args))
-            return self.actors[-1]
-
+        actor = self._actor_factory(config, run_id, group, placement)
         if self.server_in_driver:  # on the CPU: it only averages weights
             self.server = Server(config, "cpu")
         else:
@@ -277,6 +264,28 @@ class RayExecutor:
         attached = self._attach_data()
         self.actor_starts = self._wait_started(placement, config.device)  # start-up is not epoch time
         self.get(attached)
+
+    def _actor_factory(
+        self, config: RunConfig, run_id: str, group: PlacementGroup, placement: Placement
+    ) -> Callable[..., Any]:
+        """actor(cls, name, gpus, *args): a new actor in the next bundle of `group`, kept in self.actors.
+
+        A dead actor is restarted by Ray with its constructor arguments, in its bundle (which Ray
+        places again if its node died); its calls in flight fail rather than rerun
+        (max_task_retries=0), and the driver replays the epoch from the last snapshot (checkpoint.py).
+        """
+        common = {"max_concurrency": 1, "max_restarts": config.max_restarts, "max_task_retries": 0}
+        if user_method := method_file(config.method):
+            common["runtime_env"] = ray_internals.upload_module(user_method)
+        bundle = iter(range(placement.first_actor_bundle, len(placement.bundles())))
+
+        def actor(cls: type, name: str, gpus: float, *args: Any) -> Any:
+            options = {"name": f"{run_id}/{name}", "num_cpus": placement.cpus_per_actor, "num_gpus": gpus,
+                       "scheduling_strategy": in_bundle(group, next(bundle))}  # fmt: skip
+            self.actors.append(ray.remote(cls).options(**options, **common).remote(*args))
+            return self.actors[-1]
+
+        return actor
 
     def _attach_data(self) -> list[ray.ObjectRef]:
         return [s.attach_data.remote(refs) for s, refs in zip(self.shards, self._shard_data, strict=True)]
