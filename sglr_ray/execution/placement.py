@@ -60,22 +60,23 @@ class Placement:
         return max(len(ids) for ids in self.shard_client_ids)
 
     def actor_names(self) -> list[str]:
-        """The server first (when it has an actor), then one name per shard: the bundles' order."""
-        return ["server"] * self.server_actor + [shard_name(ids) for ids in self.shard_client_ids]
+        """One name per shard, then the server (when it has an actor): the bundles' order. Shards
+        first: SPREAD gives equal bundles nodes in their order, so the shards get different
+        nodes before a node takes a second bundle (server first, two shards could share one)."""
+        return [shard_name(ids) for ids in self.shard_client_ids] + ["server"] * self.server_actor
 
     def bundles(self) -> list[dict[str, float]]:
         """The placement group's bundles: the run's task (if any), then one per actor_names()."""
-        gpus = [self.server_gpus] * self.server_actor + list(self.shard_gpus)
+        gpus = list(self.shard_gpus) + [self.server_gpus] * self.server_actor
         actors = [{"CPU": self.cpus_per_actor} | ({"GPU": g} if g > 0 else {}) for g in gpus]
         return [{"CPU": self.driver_cpus}] * (self.driver_cpus > 0) + actors
 
-    @property
-    def first_actor_bundle(self) -> int:
-        return int(self.driver_cpus > 0)
+    def bundle_index(self, actor_name: str) -> int:
+        return int(self.driver_cpus > 0) + self.actor_names().index(actor_name)
 
     def describe(self) -> str:
         bundles = "; ".join(f"{name}: {describe_bundle(b)}" for name, b in zip(
-            ["run"] * self.first_actor_bundle + self.actor_names(), self.bundles(), strict=True))  # fmt: skip
+            ["run"] * (self.driver_cpus > 0) + self.actor_names(), self.bundles(), strict=True))  # fmt: skip
         return f"{len(self.bundles())} bundles ({bundles})"
 
 

@@ -217,7 +217,8 @@ class RayExecutor:
 
     def __init__(self, config: RunConfig, data: PreparedData, run_id: str) -> None:
         self._owns_ray = connect()
-        self.actors: list[Any] = []
+        self.actors: list[Any] = []  # the server's (if any) first, then the shards'
+        self._actor_names_started: list[str] = []  # in the order of self.actors
         self._group: PlacementGroup | None = None  # the placement group this executor made (and removes)
         try:
             self._start_actors(config, data, run_id)
@@ -268,7 +269,7 @@ class RayExecutor:
     def _actor_factory(
         self, config: RunConfig, run_id: str, group: PlacementGroup, placement: Placement
     ) -> Callable[..., Any]:
-        """actor(cls, name, gpus, *args): a new actor in the next bundle of `group`, kept in self.actors.
+        """actor(cls, name, gpus, *args): a new actor in its bundle of `group`, kept in self.actors.
 
         A dead actor is restarted by Ray with its constructor arguments, in its bundle (which Ray
         places again if its node died); its calls in flight fail rather than rerun
@@ -277,12 +278,12 @@ class RayExecutor:
         common = {"max_concurrency": 1, "max_restarts": config.max_restarts, "max_task_retries": 0}
         if user_method := method_file(config.method):
             common["runtime_env"] = ray_internals.upload_module(user_method)
-        bundle = iter(range(placement.first_actor_bundle, len(placement.bundles())))
 
         def actor(cls: type, name: str, gpus: float, *args: Any) -> Any:
             options = {"name": f"{run_id}/{name}", "num_cpus": placement.cpus_per_actor, "num_gpus": gpus,
-                       "scheduling_strategy": in_bundle(group, next(bundle))}  # fmt: skip
+                       "scheduling_strategy": in_bundle(group, placement.bundle_index(name))}  # fmt: skip
             self.actors.append(ray.remote(cls).options(**options, **common).remote(*args))
+            self._actor_names_started.append(name)
             return self.actors[-1]
 
         return actor
@@ -292,7 +293,7 @@ class RayExecutor:
 
     def _wait_started(self, placement: Placement, device_setting: str) -> dict[str, ActorStart]:
         """Wait for every actor to start; what each reported (its device and GPUs)."""
-        reports = wait_started(dict(zip(placement.actor_names(), self.actors, strict=True)))
+        reports = wait_started(dict(zip(self._actor_names_started, self.actors, strict=True)))
         idle_gpus = [name for name, r in reports.items() if r.gpu_ids and r.device == "cpu"]
         if idle_gpus and device_setting == "auto":
             log.warning("%s were given GPUs but run on cpu: torch sees no CUDA device there", idle_gpus)

@@ -96,7 +96,7 @@ def test_four_quarter_gpu_clients_share_one_gpu():
     placement = plan(4, per_actor=1, nodes=[NodeShape(2, 1)], gpus_per_client=0.25)
     assert placement.shortfall is None
     assert placement.shard_gpus == (0.25, 0.25, 0.25, 0.25)
-    assert [b.get("GPU", 0.0) for b in placement.bundles()] == [0.0, 0.25, 0.25, 0.25, 0.25]
+    assert [b.get("GPU", 0.0) for b in placement.bundles()] == [0.25, 0.25, 0.25, 0.25, 0.0]
 
 
 @pytest.mark.parametrize("per_actor", [1, 2])
@@ -202,7 +202,7 @@ def test_an_autoscaler_that_does_not_say_what_it_adds_gets_the_timeout(tiny_conf
     ("fl", 1000, 2, ["clients-0-499", "clients-500-999"], 1),
     ("cl", 1, 1, ["clients-0-0"], 2),  # one data centre "client": one shard, both cores
     # the split methods' server computes, but in turn with the shards: a shard per CPU all the same
-    ("sglr", 100, 2, ["server", "clients-0-49", "clients-50-99"], 1),
+    ("sglr", 100, 2, ["clients-0-49", "clients-50-99", "server"], 1),
 ])  # fmt: skip
 def test_whole_model_methods_give_the_server_s_cpu_to_the_shards(
     tiny_config, method, clients, shards, actors, threads
@@ -253,20 +253,19 @@ def test_clients_per_actor_0_is_resolved_in_one_place(setting, clients, parallel
     assert resolve_clients_per_shard(setting, clients, parallel) == per_shard
 
 
-def test_a_run_is_one_bundle_per_actor_with_the_server_first():
+def test_a_run_is_one_bundle_per_actor_with_the_shards_first():
     placement = plan(4, per_actor=2, nodes=[NodeShape(2, 1)], gpus_per_client=0.25, server_gpus=0.5)
-    assert placement.actor_names() == ["server", "clients-0-1", "clients-2-3"]
-    assert placement.bundles() == [{"CPU": 0.6666, "GPU": 0.5}, {"CPU": 0.6666, "GPU": 0.5},
-                                   {"CPU": 0.6666, "GPU": 0.5}]  # fmt: skip
-    assert placement.first_actor_bundle == 0 and placement.strategy == "SPREAD"
+    assert placement.actor_names() == ["clients-0-1", "clients-2-3", "server"]
+    assert placement.bundles() == [{"CPU": 0.6666, "GPU": 0.5}] * 3
+    assert placement.bundle_index("server") == 2 and placement.strategy == "SPREAD"
 
 
 def test_a_sweep_run_reserves_its_task_and_actors_within_cpus_per_run(tiny_config):
     # The issue 23 grid on a 2-CPU head: each run's task took 1 CPU, its 3 actors 2/3 CPU each.
     config = tiny_config(method="sglr", clients=2, executor="ray", torch_threads=0)
     placement = plan_sweep_run(config, 2, 1.0, 0.1, cluster([NodeShape(2)]))
-    assert placement.strategy == "PACK" and placement.first_actor_bundle == 1
-    assert placement.bundles()[0] == {"CPU": 0.1} and len(placement.bundles()) == 3  # task, server, 1 shard
+    assert placement.strategy == "PACK" and placement.bundle_index("clients-0-1") == 1
+    assert placement.bundles()[0] == {"CPU": 0.1} and len(placement.bundles()) == 3  # task, 1 shard, server
     assert sum(b["CPU"] for b in placement.bundles()) <= 1.0
     assert placement.torch_threads == 1 and placement.shortfall is None
 
