@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pandas as pd
+from ray.exceptions import WorkerCrashedError
 
 from sglr_ray import cli
-from sglr_ray.execution import sweep
+from sglr_ray.execution import ray_sweep, sweep
 from sglr_ray.execution.ray_sweep import SweepOutcome, run_sweep_on_ray, sweep_status
 
 
@@ -66,3 +67,16 @@ def test_a_sweep_with_a_failing_run_exits_non_zero_naming_it(ray_session, tmp_pa
     assert "completed 1 runs on Ray" in captured.out
     runs = pd.read_parquet(tmp_path / "out" / "runs").set_index("method")
     assert runs.status.to_dict() == {"psl": "completed", f"{method}:broken": "failed"}
+
+
+def test_a_lost_task_is_retried_and_the_log_counts_the_retries(tiny_config, monkeypatch, caplog):
+    # No Ray needed: what a finished task's ray.get gives decides; a lost task (its worker died)
+    # is submitted again `retries` times, then reported with the number of retries it had.
+    run = ray_sweep._Run(tiny_config(run_id="r1"), placement=None)
+    monkeypatch.setattr(ray_sweep.ray, "get", lambda ref: (_ for _ in ()).throw(WorkerCrashedError()))
+    outcome = SweepOutcome()
+    assert [ray_sweep._settle(None, run, 2, outcome) for _ in range(3)] == [True, True, False]
+    assert outcome.failed == {"r1": "lost after 2 retries: WorkerCrashedError"}
+    messages = [r.getMessage() for r in caplog.records]
+    assert "retry 1 of 2" in messages[0] and "retry 2 of 2" in messages[1]
+    assert messages[2].startswith("run r1 failed after 2 retries")
