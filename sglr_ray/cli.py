@@ -82,11 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
         "cluster RAY_ADDRESS names (or an embedded Ray), with retries and a status table",
     )  # fmt: skip
     sweep.add_argument(
-        "--cpus-per-run", type=float, default=1.0, help="--backend ray: CPUs each run asks for"
-    )
+        "--cpus-per-run", type=float, default=1.0,
+        help="--backend ray: CPUs each run reserves in all, its task and its actors together (one "
+        "placement group); as many runs go at once as the cluster holds",
+    )  # fmt: skip
     sweep.add_argument(
-        "--retries", type=int, default=2, help="--backend ray: retries of a run whose task died"
-    )
+        "--retries", type=int, default=2,
+        help="--backend ray: resubmissions of a run whose task was lost (process or node died); a run "
+        "that raises an error is not retried",
+    )  # fmt: skip
     report = commands.add_parser("report", help="write report.md and plots/ for a results directory")
     report.add_argument("out", type=Path, help="results directory (with runs/, epochs/, clients/)")
     report.add_argument("--path", type=Path, help="where to write the report (default: OUT/report.md)")
@@ -160,25 +164,36 @@ def run_grid(path: Path, parallel: int, dry_run: bool, args: argparse.Namespace 
     for config in configs:
         where = stores[config.out].display(f"runs/{config.run_id}.parquet")
         print(f"{'todo' if config.run_id in todo else 'done'}  {where}")
-    if not dry_run:
-        if args is not None and args.backend == "ray":
-            run_grid_on_ray(configs, args)
-        else:
-            run_sweep(configs, parallel, on_done=lambda run_id: print(f"completed {run_id}", flush=True))
+    if dry_run:
+        return 0
+    if args is not None and args.backend == "ray":
+        return run_grid_on_ray(configs, args)
+    run_sweep(configs, parallel, on_done=lambda run_id: print(f"completed {run_id}", flush=True))
     return 0
 
 
-def run_grid_on_ray(configs: list[RunConfig], args: argparse.Namespace) -> None:
+def run_grid_on_ray(configs: list[RunConfig], args: argparse.Namespace) -> int:
+    """The grid as Ray tasks: 0 when every run completed, 1 naming the runs that failed,
+    2 when a run cannot fit the cluster (nothing started)."""
     import time
 
     from sglr_ray.execution.ray_sweep import print_status, run_sweep_on_ray
 
     started = time.monotonic()
-    done = run_sweep_on_ray(
-        configs, cpus_per_run=args.cpus_per_run, retries=args.retries,
-        on_status=lambda table: print_status(table, started),
-    )  # fmt: skip
-    print(f"completed {len(done)} runs on Ray", flush=True)
+    try:
+        outcome = run_sweep_on_ray(
+            configs, cpus_per_run=args.cpus_per_run, retries=args.retries,
+            on_status=lambda table: print_status(table, started),
+        )  # fmt: skip
+    except PlacementError as ex:
+        print(f"sglr-ray: error: {ex}", file=sys.stderr)
+        return 2
+    print(f"completed {len(outcome.completed)} runs on Ray", flush=True)
+    if not outcome.failed:
+        return 0
+    failed = "; ".join(f"{run_id}: {why}" for run_id, why in outcome.failed.items())
+    print(f"sglr-ray: error: {len(outcome.failed)} runs failed: {failed}", file=sys.stderr)
+    return 1
 
 
 def resumed_config(args: argparse.Namespace) -> RunConfig:

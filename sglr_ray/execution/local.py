@@ -14,7 +14,7 @@ import torch
 
 from sglr_ray.config import RunConfig
 from sglr_ray.data import PreparedData
-from sglr_ray.execution.placement import choose_device, shard_clients
+from sglr_ray.execution.placement import choose_device, resolve_clients_per_shard, shard_clients
 from sglr_ray.execution.process import configure_process
 from sglr_ray.nodes.client import ClientShard, client_partitions
 from sglr_ray.nodes.server import Server
@@ -39,7 +39,8 @@ class LocalExecutor:
         self.device = choose_device(config.device, gpus_requested, torch.cuda.is_available())
         partitions = client_partitions(config, data)
         self.partition_nbytes = [p.nbytes for p in data.partitions]
-        self.clients_per_shard = config.clients_per_actor or len(partitions)
+        # One process runs its shards in turn: by default all clients in one shard (one grouped model).
+        self.clients_per_shard = resolve_clients_per_shard(config.clients_per_actor, len(partitions), 1)
         self.shard_client_ids = shard_clients(len(partitions), self.clients_per_shard)
         self.server = Server(config, self.device)
         self.shards = [

@@ -15,17 +15,19 @@ to one more shard (placement.needs_server_actor).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
+import uuid
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import ray
 import torch
+from ray.util.placement_group import PlacementGroup
 
 from sglr_ray.config import RunConfig
 from sglr_ray.data import PreparedData
@@ -36,11 +38,10 @@ from sglr_ray.errors import (
     PlacementError,
     StaleActorError,
 )
-from sglr_ray.execution import interrupt
+from sglr_ray.execution import interrupt, ray_internals
 from sglr_ray.execution.local import call_on
 from sglr_ray.execution.memory_kill import describe_memory_kill
 from sglr_ray.execution.placement import (
-    ClusterView,
     Placement,
     choose_device,
     memory_shortfall,
@@ -48,7 +49,14 @@ from sglr_ray.execution.placement import (
     shard_name,
 )
 from sglr_ray.execution.process import configure_process
-from sglr_ray.execution.ray_cluster import read_cluster, wait_for_actors
+from sglr_ray.execution.ray_cluster import (
+    create_group,
+    in_bundle,
+    read_cluster,
+    release,
+    wait_placed,
+    wait_started,
+)
 from sglr_ray.methods import method_file
 from sglr_ray.nodes.client import ClientShard, client_partitions
 from sglr_ray.nodes.server import Server
@@ -78,10 +86,12 @@ class _Host:
     actor holds initial weights. Calls that reach it before the driver has
     restored a snapshot would train on those and corrupt the run without an
     error; they raise StaleActorError instead, which the driver treats as the
-    loss of the actor.
+    loss of the actor. The constructor arguments are small values, never object
+    references: Ray cannot restart an actor whose arguments sit in the object
+    store once they are lost (ray-project/ray#53727), and says so at error level.
     """
 
-    def __init__(self, torch_threads: int, device_setting: str, build: Callable[[str], Any]) -> None:
+    def __init__(self, torch_threads: int, device_setting: str) -> None:
         configure_process(torch_threads)  # as the in-process executor does
         # The device depends on what Ray gave this process, so it is chosen here, not by the driver.
         gpu_ids = [str(i) for i in ray.get_gpu_ids()]
@@ -93,7 +103,6 @@ class _Host:
             self._start = ActorStart(None, gpu_ids, str(ex))
         else:
             self._start = ActorStart(device, gpu_ids, None)
-            self._held = build(device)
         self._stale: bool | None = None  # unknown until the first call (see _checked)
 
     def started(self) -> ActorStart:
@@ -122,20 +131,37 @@ class _Host:
 
 
 class ClientActor(_Host):
-    """Hosts one ClientShard in its own process."""
+    """Hosts one ClientShard in its own process; its data comes with `attach_data`."""
 
-    def __init__(self, torch_threads: int, device_setting: str, *shard_args: Any) -> None:
-        super().__init__(torch_threads, device_setting, lambda device: ClientShard(*shard_args, device))
+    def __init__(
+        self, torch_threads: int, device_setting: str, config: RunConfig, client_ids: list[int]
+    ) -> None:
+        super().__init__(torch_threads, device_setting)
+        self._shard_args = (config, client_ids)
+
+    def attach_data(self, data_refs: list[ray.ObjectRef]) -> bool:
+        """Build the shard from [its partitions, val, test], fetched here from the object store,
+        unless it is built already (the driver calls this again after any actor restarted).
+        The references come inside a list so that Ray does not fetch them for a no-op.
+        Returns whether it built the shard."""
+        if self._held is not None or self._start.error:
+            return False
+        partitions, val, test = ray.get(data_refs)
+        self._held = ClientShard(*self._shard_args, partitions, val, test, self._start.device)
+        return True
 
 
 class ServerActor(_Host):
     """Hosts the Server in its own process."""
 
     def __init__(self, torch_threads: int, device_setting: str, config: RunConfig) -> None:
-        super().__init__(torch_threads, device_setting, lambda device: Server(config, device))
+        super().__init__(torch_threads, device_setting)
+        if not self._start.error:
+            self._held = Server(config, self._start.device)
 
 
 _RESTORES = {ClientShard.load_state, Server.load_state}
+_SNAPSHOTS = {ClientShard.state, Server.state}  # what checkpoint.take_snapshot keeps (see _copy_here)
 
 
 # Ray starts its worker processes at niceness 15 (its `worker_niceness` setting), below
@@ -171,20 +197,20 @@ def connect() -> bool:
     return address == "local"
 
 
-def ship_module(path: Path) -> dict[str, Any]:
-    """A runtime environment that puts the file `path` on every actor's sys.path, on any node.
+_reserved: tuple[PlacementGroup, Placement] | None = None  # see reserved_placement
 
-    Ray accepts local paths only in a job's runtime environment, not an actor's, so the
-    file is uploaded to the cluster here (as `ray.init` does for a job) and actors get
-    its gcs:// URI. This uses Ray's own upload helper, which is not public API.
-    """
-    from ray._private.runtime_env.py_modules import upload_py_modules_if_needed
 
-    node = ray._private.worker.global_worker.node
-    scratch = node.get_runtime_env_dir_path() if node is not None else None
-    return upload_py_modules_if_needed(
-        {"py_modules": [str(path)]}, include_gitignore=False, scratch_dir=scratch
-    )
+@contextlib.contextmanager
+def reserved_placement(group: PlacementGroup, placement: Placement) -> Iterator[None]:
+    """Within it, a RayExecutor in this process schedules its actors into `group` as `placement`
+    says instead of planning and reserving its own: a sweep's run task and its actors share one
+    placement group, reserved by the sweep before the task started (ray_sweep.py)."""
+    global _reserved
+    _reserved = (group, placement)
+    try:
+        yield
+    finally:
+        _reserved = None
 
 
 class RayExecutor:
@@ -192,72 +218,88 @@ class RayExecutor:
 
     def __init__(self, config: RunConfig, data: PreparedData, run_id: str) -> None:
         self._owns_ray = connect()
-        self.actors: list[Any] = []
+        self.actors: list[Any] = []  # the server's (if any) first, then the shards'
+        self._actor_names_started: list[str] = []  # in the order of self.actors
+        self._group: PlacementGroup | None = None  # the placement group this executor made (and removes)
         try:
             self._start_actors(config, data, run_id)
         except BaseException:
             self.close()  # the driver closes only an executor it got back
             raise
 
+    def _reserve(self, config: RunConfig, num_clients: int, run_id: str) -> tuple[PlacementGroup, Placement]:
+        """The run's placement group, placed: the sweep's, or one of its own planned on the cluster
+        (refused at once when the totals cannot fit; else given --placement-timeout-s)."""
+        if _reserved is not None:
+            return _reserved
+        cluster = read_cluster()
+        placement = plan_for_cluster(config, num_clients, cluster)
+        if placement.shortfall is not None:
+            log.warning("%s [%s]; waiting up to %g s (--placement-timeout-s) for the autoscaler",
+                        placement.shortfall, cluster.describe(), config.placement_timeout_s)  # fmt: skip
+        if note := memory_shortfall(len(placement.actor_names()), cluster.memory_bytes):
+            log.warning(note)
+        self._group = create_group(placement, name=f"{run_id}/{uuid.uuid4().hex[:8]}")
+        wait_placed(self._group, placement, config.placement_timeout_s, cluster)
+        return self._group, placement
+
     def _start_actors(self, config: RunConfig, data: PreparedData, run_id: str) -> None:
         partitions = client_partitions(config, data)
-        cluster = read_cluster()
-        placement = plan_for_cluster(config, len(partitions), cluster)  # refuses what cannot fit
+        group, placement = self._reserve(config, len(partitions), run_id)
         self.server_in_driver = not placement.server_actor
         self.clients_per_shard = placement.clients_per_shard
         self.shard_client_ids = placement.shard_client_ids
         self.partition_nbytes = [p.nbytes for p in data.partitions]
-        # A dead actor is restarted by Ray with its constructor arguments; its calls in
-        # flight fail rather than rerun (max_task_retries=0), and the driver replays the
-        # epoch from the last snapshot (checkpoint.py).
-        common = {
-            "num_cpus": placement.cpus_per_actor, "max_concurrency": 1,
-            "max_restarts": config.max_restarts, "max_task_retries": 0,
-        }  # fmt: skip
-        if user_method := method_file(config.method):
-            common["runtime_env"] = ship_module(user_method)
+        actor = self._actor_factory(config, run_id, group, placement)
         if self.server_in_driver:  # on the CPU: it only averages weights
             self.server = Server(config, "cpu")
         else:
-            self.server = (
-                ray.remote(ServerActor)
-                .options(name=f"{run_id}/server", num_gpus=placement.server_gpus, **common)
-                .remote(placement.server_threads, config.device, config)
-            )
-            self.actors = [self.server]  # from here on, close() has something to stop
+            self.server = actor(ServerActor, "server", placement.server_gpus,
+                                placement.server_threads, config.device, config)  # fmt: skip
         val, test = ray.put(data.val), ray.put(data.test)  # stored once, shared by every shard
-        self._pinned = [val, test]  # kept alive: a restarted actor is rebuilt from them
+        self._shard_data = []  # held here for as long as the run: a restarted shard fetches its data again
         self.shards = []
         for ids, gpus in zip(placement.shard_client_ids, placement.shard_gpus, strict=True):
-            own = ray.put([partitions[i] for i in ids])  # only this shard's clients' data
-            self._pinned.append(own)
-            self.shards.append(
-                ray.remote(ClientActor)
-                .options(
-                    name=f"{run_id}/{shard_name(ids)}",
-                    num_gpus=gpus,
-                    scheduling_strategy="SPREAD",  # over the nodes of a cluster, not packed on one
-                    **common,
-                )
-                .remote(placement.torch_threads, config.device, config, ids, own, val, test)
-            )
-            self.actors.append(self.shards[-1])
-        self.actor_starts = self._wait_started(config, placement, cluster)  # start-up is not epoch time
+            self._shard_data.append([ray.put([partitions[i] for i in ids]), val, test])  # only its clients'
+            self.shards.append(actor(ClientActor, shard_name(ids), gpus,
+                                     placement.torch_threads, config.device, config, ids))  # fmt: skip
+        attached = self._attach_data()
+        self.actor_starts = self._wait_started(placement, config.device)  # start-up is not epoch time
+        self.get(attached)
 
-    def _wait_started(
-        self, config: RunConfig, placement: Placement, cluster: ClusterView
-    ) -> dict[str, ActorStart]:
-        """Wait for every actor (at most --placement-timeout-s for placement); what each reported."""
-        requests = {r.name: r for r in placement.actor_requests()}
-        if note := memory_shortfall(len(requests), cluster.memory_bytes):
-            log.warning(note)
-        reports = wait_for_actors(dict(zip(requests, self.actors, strict=True)), requests,
-                                  config.placement_timeout_s, cluster)  # fmt: skip
+    def _actor_factory(
+        self, config: RunConfig, run_id: str, group: PlacementGroup, placement: Placement
+    ) -> Callable[..., Any]:
+        """actor(cls, name, gpus, *args): a new actor in its bundle of `group`, kept in self.actors.
+
+        A dead actor is restarted by Ray with its constructor arguments, in its bundle (which Ray
+        places again if its node died); its calls in flight fail rather than rerun
+        (max_task_retries=0), and the driver replays the epoch from the last snapshot (checkpoint.py).
+        """
+        common = {"max_concurrency": 1, "max_restarts": config.max_restarts, "max_task_retries": 0}
+        if user_method := method_file(config.method):
+            common["runtime_env"] = ray_internals.upload_module(user_method)
+
+        def actor(cls: type, name: str, gpus: float, *args: Any) -> Any:
+            options = {"name": f"{run_id}/{name}", "num_cpus": placement.cpus_per_actor, "num_gpus": gpus,
+                       "scheduling_strategy": in_bundle(group, placement.bundle_index(name))}  # fmt: skip
+            self.actors.append(ray.remote(cls).options(**options, **common).remote(*args))
+            self._actor_names_started.append(name)
+            return self.actors[-1]
+
+        return actor
+
+    def _attach_data(self) -> list[ray.ObjectRef]:
+        return [s.attach_data.remote(refs) for s, refs in zip(self.shards, self._shard_data, strict=True)]
+
+    def _wait_started(self, placement: Placement, device_setting: str) -> dict[str, ActorStart]:
+        """Wait for every actor to start; what each reported (its device and GPUs)."""
+        reports = wait_started(dict(zip(self._actor_names_started, self.actors, strict=True)))
         idle_gpus = [name for name, r in reports.items() if r.gpu_ids and r.device == "cpu"]
-        if idle_gpus and config.device == "auto":
+        if idle_gpus and device_setting == "auto":
             log.warning("%s were given GPUs but run on cpu: torch sees no CUDA device there", idle_gpus)
         log.info(
-            "%d client shards of up to %d clients; %.2f CPU per actor; %d torch threads per shard, "
+            "%d client shards of up to %d clients; %.4g CPU per actor; %d torch threads per shard, "
             "%d for the server; devices %s%s",
             len(self.shards), self.clients_per_shard, placement.cpus_per_actor, placement.torch_threads,
             placement.server_threads,
@@ -270,7 +312,20 @@ class RayExecutor:
         """`method` of the object `target` hosts, run in its actor; returns object references."""
         if target is self.server and self.server_in_driver:
             return self._call_in_driver(method, args, num_returns)
-        return target.call.options(num_returns=num_returns).remote(method, *args)
+        result = target.call.options(num_returns=num_returns).remote(method, *args)
+        if method in _SNAPSHOTS:
+            self._copy_here(result)
+        return result
+
+    def _copy_here(self, ref: ray.ObjectRef) -> None:
+        """Wait for a snapshot part and copy it into this node's object store. Its only copy
+        would otherwise sit on the actor's node, and a lost node would take the snapshot the
+        epoch is replayed from with it; Ray recovers a lost object from any copy. The copy is
+        Ray's own, made without fetching the state into this process."""
+        while True:  # in slices, so a stop signal is acted on (see get)
+            ready, _ = ray.wait([ref], timeout=GET_SLICE_S, fetch_local=True)
+            if ready:
+                return
 
     def _call_in_driver(self, method: Callable[..., Any], args: tuple, num_returns: int) -> Any:
         """A call on the server held in the driver, with an actor call's contract: references
@@ -303,13 +358,14 @@ class RayExecutor:
 
     def _actor_names(self) -> dict[str, str]:
         """Actor id (hex) -> the actor's name without the run id, for describe_memory_kill."""
-        names = {} if self.server_in_driver else {self.server._actor_id.hex(): "server"}
+        names = {} if self.server_in_driver else {ray_internals.actor_id_hex(self.server): "server"}
         for shard, ids in zip(self.shards, self.shard_client_ids, strict=True):
-            names[shard._actor_id.hex()] = shard_name(ids)
+            names[ray_internals.actor_id_hex(shard)] = shard_name(ids)
         return names
 
     def recover(self) -> None:
-        """Wait until every actor answers again (Ray restarts dead ones, up to max_restarts)."""
+        """Wait until every actor answers again (Ray restarts dead ones, up to max_restarts, in
+        their bundles), then give each restarted shard its data again."""
         deadline = time.monotonic() + RECOVERY_TIMEOUT_S
         for actor in self.actors:
             while True:
@@ -322,10 +378,14 @@ class RayExecutor:
                             f"an actor did not come back within {RECOVERY_TIMEOUT_S} s"
                         ) from ex
                     time.sleep(0.2)
+        rebuilt = self.get(self._attach_data())
+        log.info("data attached again to %d restarted shards", sum(rebuilt))
 
     def close(self) -> None:
         for actor in self.actors:
             ray.kill(actor)
         self.actors = []
+        release(self._group)
+        self._group = None
         if self._owns_ray:
             ray.shutdown()

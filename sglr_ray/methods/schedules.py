@@ -132,6 +132,10 @@ class Schedule:
         """The partitions the shards hold, one per training client."""
         return partitions
 
+    def training_clients(self, config: RunSettings) -> int:
+        """How many clients the shards hold (len of `partitions`)."""
+        return config.clients
+
 
 class Parallel(Schedule):
     """PSL: every client forwards a batch, the server steps once on all of them, every client
@@ -216,6 +220,9 @@ class Local(Schedule):
 
     def scorer(self, config: RunSettings) -> int | None:
         return 0  # CL's one model; FL's average, which every client holds
+
+    def training_clients(self, config: RunSettings) -> int:
+        return 1 if self.pooled else config.clients
 
     def partitions(self, partitions: list[Any]) -> list[Any]:
         if not self.pooled:

@@ -8,6 +8,7 @@ RAY_ADDRESS that Ray's job supervisor sets.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 import uuid
@@ -18,6 +19,7 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SUBMIT_TIMEOUT_S = 300
+SWEEP_TIMEOUT_S = 900  # the 4-run sweep takes about 100 s on 2 busy cores: this only catches a hang
 EXCLUDES = [".venv", ".git", "results", "out", "**/__pycache__"]
 TAIL_CHARS = 4000
 TINY_RUN = [
@@ -93,3 +95,55 @@ def test_job_submit_runs_sglr_on_the_cluster(ray_head, tmp_path):
     assert runs.loc[0, "method"] == "sglr" and runs.loc[0, "clients"] == 3, runs.T
     assert len(epochs) == 1, epochs
     assert (epochs["run_id"] == run_id).all(), epochs
+
+
+# Issue 23 item 4: on a 2-CPU head each run used to hold a CPU for its task while its own actors asked for
+# 2/3 CPU each, so a run whose task started could find its actors' CPUs taken by another run and fail
+# with PlacementError after --placement-timeout-s. A short timeout makes that failure quick to see; with
+# one placement group per run (task and actors together) a run starts only once all of it fits.
+SWEEP_GRID = """\
+base: {dataset: synthetic, clients: 2, samples_per_client: 16, batch_size: 8, epochs: 1,
+       val_samples: 500, test_samples: 500, executor: ray, placement_timeout_s: 3, out: OUT}
+grid: {method: [psl, sglr], seed: [0, 1]}
+"""
+ERROR_LINE = re.compile(r"\bE \d+ \d+\] \w+\.cc:\d+:")  # an error-level line of Ray's C++ log
+
+
+@pytest.mark.cluster
+def test_a_four_run_sweep_completes_on_a_two_cpu_head_in_one_submission(ray_head, tmp_path):
+    out = tmp_path / "out"
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(SWEEP_GRID.replace("OUT", str(out)))
+    submission_id = f"sweep-{uuid.uuid4().hex[:8]}"
+    command = [
+        ray_head.ray_bin, "job", "submit",
+        "--address", ray_head.dashboard_url,
+        "--submission-id", submission_id,
+        "--working-dir", str(REPO_ROOT),
+        "--runtime-env-json", json.dumps({"excludes": EXCLUDES}),
+        "--",
+        "python", "-m", "sglr_ray.cli", "sweep", "--grid", str(grid), "--backend", "ray",
+    ]  # fmt: skip
+    started = time.monotonic()
+    try:
+        submit = subprocess.run(
+            command, cwd=REPO_ROOT, env=ray_head.env, capture_output=True, text=True,
+            timeout=SWEEP_TIMEOUT_S,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired as error:
+        pytest.fail(
+            f"the sweep job still ran after {SWEEP_TIMEOUT_S} s\n{tail(error.stdout)}\n{tail(error.stderr)}"
+        )
+    output = submit.stdout + submit.stderr
+    report = (
+        f"`ray job submit` rc {submit.returncode} after {time.monotonic() - started:.0f} s\n{tail(output)}"
+    )
+
+    runs = pd.read_parquet(out / "runs") if (out / "runs").is_dir() else pd.DataFrame({"status": []})
+    assert len(runs) == 4 and set(runs.status) == {"completed"}, f"{runs}\n{report}"
+    assert submit.returncode == 0 and ray_head.job_info(submission_id)["status"] == "SUCCEEDED", report
+    assert "completed 4 runs on Ray" in output, report
+    # A normal run prints no error-level line (issue 23 item 6: actors' constructor arguments in the
+    # object store made every Ray run print one from core_worker.cc).
+    assert "has constructor arguments in the object store" not in output, report
+    assert not ERROR_LINE.findall(output), report

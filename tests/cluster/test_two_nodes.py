@@ -98,7 +98,9 @@ def end_processes(pids: list[int], timeout_s: float) -> list[int]:
 
 
 @pytest.fixture
-def two_node_cluster():
+def two_node_cluster(request):
+    """(cluster, worker node). `request.param`, when parametrized indirectly: the head's CPUs."""
+    head_cpus = getattr(request, "param", CPUS_PER_NODE)
     temp_root = tempfile.mkdtemp(prefix="rtn", dir="/tmp")  # short: Unix sockets live under it
     token = secrets.token_hex(32)
     cluster = None
@@ -127,6 +129,7 @@ def two_node_cluster():
                     initialize_head=True,
                     head_node_args=node_args
                     | {
+                        "num_cpus": head_cpus,
                         "include_dashboard": False,
                         "dashboard_port": free_port(),
                         "dashboard_agent_listen_port": free_port(),
@@ -213,3 +216,54 @@ def test_shards_spread_over_both_nodes_and_match_the_local_run(two_node_cluster,
     # The executor killed its actors: their worker processes exit (the nodes stay up for the next run).
     gone_late = end_processes([pid for _, pid in placed.values()], STOP_TIMEOUT_S)
     assert not gone_late, f"actor processes still alive {STOP_TIMEOUT_S} s after the run: {gone_late}"
+
+
+def node_of(actor) -> str:
+    return ray.get(actor.__ray_call__.remote(lambda _: ray.get_runtime_context().get_node_id()), timeout=60)
+
+
+# Every bundle must fit on the head once the worker is gone: 5 actors of 1 CPU (the server and a shard per
+# client) on a 6-CPU head and a 2-CPU worker. SPREAD puts 2 of them on the worker, so a shard at least.
+@pytest.mark.cluster
+@pytest.mark.parametrize("two_node_cluster", [6], indirect=True)
+def test_a_lost_worker_node_s_shards_restart_on_the_head_and_the_numbers_hold(
+    two_node_cluster, tiny_config, tmp_path
+):
+    cluster, worker = two_node_cluster
+    head_id, worker_id = cluster.head_node.node_id, worker.node_id
+    executors = []
+    real_init = ray_executor.RayExecutor.__init__
+
+    def init_and_keep(self, *args):
+        real_init(self, *args)
+        executors.append(self)
+
+    placed: dict[str, dict[str, str]] = {}
+
+    def remove_worker_mid_epoch_1(epoch, steps, loss):
+        ex = executors[0]
+        names = ["server", *(f"shard-{i}" for i in range(len(ex.shards)))]
+        if epoch == 1 and steps == 2 and not placed:
+            placed["before"] = {n: node_of(a) for n, a in zip(names, ex.actors, strict=True)}
+            cluster.remove_node(worker)  # its raylet and every process on it: the node is lost
+        elif epoch == 2 and steps == 1 and "after" not in placed:
+            placed["after"] = {n: node_of(a) for n, a in zip(names, ex.actors, strict=True)}
+
+    config = tiny_config(method="sglr", clients=4, clients_per_actor=1, epochs=3, test_each_epoch=True,
+                         out=str(tmp_path / "out"))  # fmt: skip
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ray_executor.RayExecutor, "__init__", init_and_keep)
+        remote = run_experiment(
+            config.replace(executor="ray", run_id="lost-node"), progress=remove_worker_mid_epoch_1
+        )
+    local = run_experiment(config.replace(executor="local", run_id="local"))
+
+    moved = [n for n, node in placed["before"].items() if node == worker_id]
+    assert any(n.startswith("shard-") for n in moved), placed  # the lost node held shards
+    assert set(placed["after"].values()) == {head_id}, placed  # ... which now run on the head
+    assert [r.restarts for r in remote.epochs] == [0, 1, 0]
+    for r, lo in zip(remote.epochs, local.epochs, strict=True):  # the replay changed no number
+        assert r.train_loss == pytest.approx(lo.train_loss, abs=1e-6)
+        assert r.val == lo.val and r.test == lo.test
+        assert (r.comm.bytes_up, r.comm.server_sent) == (lo.comm.bytes_up, lo.comm.server_sent)
+    assert remote.final_test_acc == pytest.approx(local.final_test_acc, abs=1e-6)

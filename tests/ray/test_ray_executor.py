@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 import pytest
 import ray
@@ -136,3 +138,16 @@ def test_fl_replays_an_epoch_through_the_server_in_the_driver(ray_session, tiny_
     for a, b in zip(local.epochs, remote.epochs, strict=True):
         assert b.train_loss == pytest.approx(a.train_loss, abs=1e-6)
         assert b.val == a.val and b.test == a.test
+
+
+# An error-level line of Ray's C++ log ("[... E <pid> <tid>] core_worker.cc:<line>: ...").
+ERROR_LINE = re.compile(r"\bE \d+ \d+\] \w+\.cc:\d+:")
+
+
+def test_a_normal_ray_run_prints_no_error_level_line(ray_session, tiny_config, tmp_out, capfd):
+    # Actors used to get their data as constructor arguments in the object store, and Ray logged
+    # at error level, once per driver process, that a restart would fail (ray-project/ray#53727).
+    run_experiment(tiny_config(method="sglr", clients=4, clients_per_actor=2, executor="ray", out=tmp_out))
+    err = capfd.readouterr().err
+    assert "has constructor arguments in the object store" not in err
+    assert not ERROR_LINE.findall(err), err[-4000:]

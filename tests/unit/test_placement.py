@@ -5,14 +5,17 @@ from __future__ import annotations
 import pytest
 
 from sglr_ray.errors import PlacementError
-from sglr_ray.execution.packing import ActorRequest, NodeShape, fit_cpu_request, pack_actors
 from sglr_ray.execution.placement import (
     WORKER_MEMORY_BYTES,
     ClusterView,
+    NodeShape,
     choose_device,
+    even_cpu_request,
     memory_shortfall,
     plan_for_cluster,
     plan_placement,
+    plan_sweep_run,
+    resolve_clients_per_shard,
     shard_clients,
     valid_gpu_request,
 )
@@ -70,9 +73,11 @@ def test_derived_threads_never_exceed_one_nodes_cores():
     ([4, 1], 5, 1.0), ([2, 2], 5, 0.6666), ([16], 40, 0.4),
 ])  # fmt: skip
 def test_cpu_request_fits_every_actor_on_some_node(node_cpus, actors, expected):
-    got = fit_cpu_request(cpu_nodes(node_cpus), [0.0] * actors)
+    got = even_cpu_request(node_cpus, actors)
     assert got == pytest.approx(expected, abs=1e-4)
     assert sum(int(c / got + 1e-9) for c in node_cpus) >= actors
+    bigger = got + 1e-4  # the largest such request: one unit more leaves an actor without a node
+    assert got == 1.0 or sum(int(c / bigger + 1e-9) for c in node_cpus) < actors
 
 
 def test_two_one_cpu_nodes_with_three_actors_get_half_a_cpu_each():
@@ -83,15 +88,15 @@ def test_two_one_cpu_nodes_with_three_actors_get_half_a_cpu_each():
 def test_gpu_actors_take_their_cpus_on_the_gpu_node():
     # Four 0.25-GPU shards and a CPU-only server: a whole CPU each would put the
     # shards on the 4-CPU node, which has no GPU; they share the 2-CPU GPU node.
-    nodes = [NodeShape(4, 0), NodeShape(2, 1)]
-    assert fit_cpu_request(nodes, [0.0, 0.25, 0.25, 0.25, 0.25]) == 0.5
+    placement = plan(4, per_actor=1, nodes=[NodeShape(4, 0), NodeShape(2, 1)], gpus_per_client=0.25)
+    assert placement.cpus_per_actor == 0.5 and placement.shortfall is None
 
 
 def test_four_quarter_gpu_clients_share_one_gpu():
     placement = plan(4, per_actor=1, nodes=[NodeShape(2, 1)], gpus_per_client=0.25)
     assert placement.shortfall is None
     assert placement.shard_gpus == (0.25, 0.25, 0.25, 0.25)
-    assert [a.gpus for a in placement.actor_requests()] == [0.0, 0.25, 0.25, 0.25, 0.25]
+    assert [b.get("GPU", 0.0) for b in placement.bundles()] == [0.25, 0.25, 0.25, 0.25, 0.0]
 
 
 @pytest.mark.parametrize("per_actor", [1, 2])
@@ -112,24 +117,9 @@ def test_a_shard_must_fit_on_one_node():
     assert plan(4, per_actor=2, nodes=[NodeShape(4, 1, count=2)], gpus_per_client=0.5).shortfall is None
 
 
-def test_many_actors_on_few_cpus_do_not_fit_at_a_whole_cpu_each():
-    assert pack_actors([ActorRequest(str(i), 1.0, 0) for i in range(1001)], [NodeShape(2)]) is False
-    assert fit_cpu_request([NodeShape(2)], [0.0] * 1001) == pytest.approx(0.0019, abs=1e-4)
-
-
-def test_fractional_shares_must_fit_within_one_gpu():
-    # One node, two GPUs: three 0.6-GPU shards need three GPUs (a share never spans two).
-    actors = [ActorRequest(f"s{i}", 0.1, 0.6) for i in range(3)]
-    assert pack_actors(actors, [NodeShape(4, 2)]) is False
-    assert pack_actors(actors[:2], [NodeShape(4, 2)]) is True
-
-
-def test_the_search_finds_packings_first_fit_misses():
-    # First fit puts the 0.6-GPU actor on the 2-CPU node, where the 2-CPU actor had to go.
-    actors = [ActorRequest("p", 1, 0.6), ActorRequest("q", 2, 0.5)]
-    nodes = [NodeShape(2, 1), NodeShape(1, 1)]
-    assert pack_actors(actors, nodes) is True
-    assert pack_actors([*actors, ActorRequest("r", 0.5, 0)], nodes) is False
+def test_many_actors_on_few_cpus_share_them():
+    assert even_cpu_request([2], 1001) == pytest.approx(0.0019, abs=1e-4)
+    assert even_cpu_request([0, 0], 3) is None
 
 
 def test_gpu_nodes_without_cpus_cannot_host_gpu_actors():
@@ -212,7 +202,7 @@ def test_an_autoscaler_that_does_not_say_what_it_adds_gets_the_timeout(tiny_conf
     ("fl", 1000, 2, ["clients-0-499", "clients-500-999"], 1),
     ("cl", 1, 1, ["clients-0-0"], 2),  # one data centre "client": one shard, both cores
     # the split methods' server computes, but in turn with the shards: a shard per CPU all the same
-    ("sglr", 100, 2, ["server", "clients-0-49", "clients-50-99"], 1),
+    ("sglr", 100, 2, ["clients-0-49", "clients-50-99", "server"], 1),
 ])  # fmt: skip
 def test_whole_model_methods_give_the_server_s_cpu_to_the_shards(
     tiny_config, method, clients, shards, actors, threads
@@ -221,7 +211,7 @@ def test_whole_model_methods_give_the_server_s_cpu_to_the_shards(
     placement = plan_for_cluster(config, clients, cluster([NodeShape(2)]))
     assert placement.server_actor is (method == "sglr")
     assert len(placement.shard_client_ids) == shards and placement.torch_threads == threads
-    assert [a.name for a in placement.actor_requests()] == actors
+    assert placement.actor_names() == actors
     assert placement.cpus_per_actor == (1.0 if method != "sglr" else 0.6666) and placement.shortfall is None
 
 
@@ -250,3 +240,42 @@ def test_server_gpus_for_a_method_without_a_server_actor_is_refused(tiny_config)
     config = tiny_config(method="fl", clients=4, server_gpus=1.0)
     with pytest.raises(PlacementError, match=r"--server-gpus 1: .* no server actor .*set --server-gpus 0"):
         plan_for_cluster(config, 4, cluster([NodeShape(2, 1)]))
+
+
+@pytest.mark.parametrize("setting, clients, parallel, per_shard", [
+    (0, 5, 1, 5),  # the local executor runs shards in turn: one shard of every client
+    (0, 5, 2, 3),  # Ray: a shard per CPU
+    (0, 5, 16, 1),
+    (0, 5, 0, 5),  # no CPU counted yet: one shard
+    (2, 5, 16, 2),  # an explicit --clients-per-actor always wins
+])  # fmt: skip
+def test_clients_per_actor_0_is_resolved_in_one_place(setting, clients, parallel, per_shard):
+    assert resolve_clients_per_shard(setting, clients, parallel) == per_shard
+
+
+def test_a_run_is_one_bundle_per_actor_with_the_shards_first():
+    placement = plan(4, per_actor=2, nodes=[NodeShape(2, 1)], gpus_per_client=0.25, server_gpus=0.5)
+    assert placement.actor_names() == ["clients-0-1", "clients-2-3", "server"]
+    assert placement.bundles() == [{"CPU": 0.6666, "GPU": 0.5}] * 3
+    assert placement.bundle_index("server") == 2 and placement.strategy == "SPREAD"
+
+
+def test_a_sweep_run_reserves_its_task_and_actors_within_cpus_per_run(tiny_config):
+    # The issue 23 grid on a 2-CPU head: each run's task took 1 CPU, its 3 actors 2/3 CPU each.
+    config = tiny_config(method="sglr", clients=2, executor="ray", torch_threads=0)
+    placement = plan_sweep_run(config, 2, 1.0, 0.1, cluster([NodeShape(2)]))
+    assert placement.strategy == "PACK" and placement.bundle_index("clients-0-1") == 1
+    assert placement.bundles()[0] == {"CPU": 0.1} and len(placement.bundles()) == 3  # task, 1 shard, server
+    assert sum(b["CPU"] for b in placement.bundles()) <= 1.0
+    assert placement.torch_threads == 1 and placement.shortfall is None
+
+
+@pytest.mark.parametrize("cpus_per_run, message", [
+    (4.0, r"--cpus-per-run 4: one run would reserve more CPUs than the cluster has \(2\).*"
+          r"set --cpus-per-run 2 or less"),
+    (0.1, r"--cpus-per-run 0\.1: a run needs more than 0\.1 CPU"),
+])  # fmt: skip
+def test_a_sweep_run_that_cannot_fit_is_refused_naming_cpus_per_run(tiny_config, cpus_per_run, message):
+    config = tiny_config(method="sglr", clients=2, executor="ray")
+    with pytest.raises(PlacementError, match=message):
+        plan_sweep_run(config, 2, cpus_per_run, 0.1, cluster([NodeShape(2)]))
