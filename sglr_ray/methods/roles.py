@@ -10,7 +10,8 @@ methods/lsl.py (a local auxiliary loss) and methods/usl.py (a client-side
 tail) are roles of their own.
 
 `parts` is nodes.models.ModelParts: `bottom()` and `top()` build the split
-model's halves with the run's seeds, `seeded(build, salt)` builds anything
+model's halves with the run's seeds (`middle()` and `tail()` the top's two
+parts where the model is cut twice), `seeded(build, salt)` builds anything
 else reproducibly, `smashed_shape` and `num_classes` describe the cut.
 """
 
@@ -31,6 +32,7 @@ class ClientRole:
     sends_smashed = True  # a server-side attacker sees smashed data (the leakage attack needs it)
     sends_labels = True  # labels go up with the smashed data (U-shaped: they stay on the client)
     grouped = True  # clients of a shard may run as one grouped model (nodes/grouped.py)
+    cut_points = 1  # places the model is cut (--cut K); U-shaped methods cut twice (K1,K2)
 
     def build_client(self, parts: Parts) -> nn.Module:
         return parts.bottom()

@@ -34,7 +34,7 @@ from sglr_ray.data import ImageSet, PreparedData, eval_slice
 from sglr_ray.methods.aggregate import weighted_state_sum
 from sglr_ray.nodes.batches import BatchDrawer
 from sglr_ray.nodes.grouped import GroupedBottoms, groupable
-from sglr_ray.nodes.models import ModelParts, smashed_shape, state_nbytes, weights_copy
+from sglr_ray.nodes.models import state_nbytes, weights_copy
 from sglr_ray.nodes.optim import LrSchedule, autocast, make_optimizer, optimizer_state_copy, set_lr
 from sglr_ray.nodes.protocol import GradientDelivery, ModelUpload, SmashedBatch
 from sglr_ray.nodes.scoring import count_correct
@@ -78,7 +78,7 @@ class ClientShard:
         self.config = config
         self.device = torch.device(device)
         self.role = config.spec.client  # what a client holds and does (methods/roles.py)
-        self._parts = ModelParts(config.model, config.seed)
+        self._parts = config.model_parts
         # FL: the clients share one working model, trained in turn from the global weights.
         self._one_model = self.role.whole_model and config.spec.averages_clients
         self._resets = config.resets_client_optimizers  # --client-optimizer-state
@@ -99,7 +99,7 @@ class ClientShard:
         self._pending: list[tuple[Client, torch.Tensor]] | torch.Tensor | None = None
         self._batches = BatchDrawer(config, self.device)
         self._schedule = LrSchedule.parse(config.lr_schedule)
-        self._smashed_shape = smashed_shape(config.model)
+        self._smashed_shape = self._parts.smashed_shape
         self._grouped = self._make_group() if group else None
 
     def _make_group(self) -> GroupedBottoms | None:
@@ -117,7 +117,7 @@ class ClientShard:
         images = np.stack([c.data.images for c in self.clients])
         labels = np.stack([c.data.labels for c in self.clients])
         for k, client in enumerate(self.clients):
-            client.data = ImageSet(images[k], labels[k])
+            client.data = ImageSet(images[k], labels[k], client.data.codec)
         self._stacked = (images, labels)
         return GroupedBottoms(
             [c.model for c in self.clients], [c.optimizer for c in self.clients],
@@ -223,7 +223,9 @@ class ClientShard:
         if not self._grouped.in_sync(models, optimizers):  # a reset, or a client model replaced
             self._grouped.gather(models, optimizers)
         set_lr(self._grouped.optimizer, self.clients[0].optimizer.param_groups[0]["lr"])
-        x, y = self._batches.stacked_batch(self.client_ids, *self._stacked, epoch, step)
+        x, y = self._batches.stacked_batch(
+            self.client_ids, *self._stacked, epoch, step, self.clients[0].data.codec
+        )
         with self._autocast():
             s = self._grouped.forward(x)
         self._pending = s  # keeps the graph for apply_gradient
@@ -397,14 +399,14 @@ class ClientShard:
         The server's weights come to the shard (a measurement shortcut of the
         simulator, not part of the protocol): evaluation images never leave it.
         """
-        images, labels = self.eval_sets[split].images, torch.from_numpy(self.eval_sets[split].labels)
+        images, labels = self.eval_sets[split], torch.from_numpy(self.eval_sets[split].labels)
         server_model = self._eval_top
         if server_model is not None:
             server_model.load_state_dict(top_state)
         scores = {}
         for client in self._select(client_ids):
             part = slice(None) if whole else eval_slice(len(labels), self.config.clients, client.client_id)
-            x, y = images[part], labels[part]
+            x, y = images.subset(part), labels[part]
             first, second = self.role.eval_pair(client.model, server_model)
             correct = count_correct(first, second, x, y, self.device, self._autocast)
             scores[client.client_id] = (correct, len(y))

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from sglr_ray.methods.aggregate import fedavg, weighted_state_sum
 from sglr_ray.methods.base import ServerBatch
-from sglr_ray.nodes.models import ModelParts, weights_copy
+from sglr_ray.nodes.models import weights_copy
 from sglr_ray.nodes.optim import LrSchedule, autocast, make_optimizer, set_lr
 from sglr_ray.nodes.protocol import GradientDelivery, ModelUpload, SmashedBatch, StepMetrics, tensor_nbytes
 from sglr_ray.nodes.specs import NodeSettings
@@ -63,7 +63,7 @@ class Server:
         # server, free of an optimizer, whose first construction imports torch._dynamo and
         # Triton (about 160 MB resident in every process that does it).
         self.tops: list[torch.nn.Module] = []
-        first = self.spec.client.build_server(ModelParts(config.model, config.seed))
+        first = self.spec.client.build_server(config.model_parts)
         if first is not None:
             # Copies (SFLv1's) start equal: one initial top model, as if handed out by one server.
             first = first.to(self.device)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from sglr_ray.methods.base import Method
+from sglr_ray.nodes.models import ModelParts
 
 
 class NodeSettings(Protocol):
@@ -28,6 +29,9 @@ class NodeSettings(Protocol):
     optimizer: str
     lr_schedule: str
     precision: str
+
+    @property
+    def model_parts(self) -> ModelParts: ...  # the model, its cut, the input shape and classes
 
     @property
     def server_lr(self) -> float: ...
