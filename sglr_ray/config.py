@@ -19,11 +19,12 @@ import json
 import re
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sglr_ray.datasets import DATASETS, check_dataset_name, dataset_info
-from sglr_ray.declared import identity_name
-from sglr_ray.methods import Method, MethodNotFoundError, get_method
+from sglr_ray.declared import identity_name, shipped_file
+from sglr_ray.methods import Method, MethodNotFoundError, get_method, method_file
 from sglr_ray.methods.phase import Phase, PhaseError
 from sglr_ray.methods.sglr import split_lr
 from sglr_ray.nodes.models import ModelError, ModelParts, declaration, resolve_cut
@@ -310,6 +311,12 @@ class RunConfig:
     def resolved_cut(self) -> str:
         """The cut points as run, e.g. "1" or "1,6" (--cut's default resolved)."""
         return ",".join(map(str, self.model_parts.cut))
+
+    @property
+    def user_files(self) -> list[Path]:
+        """The user's files a Ray actor imports: --method, --model and --dataset given as FILE.py:NAME."""
+        found = [method_file(self.method), shipped_file(self.model), shipped_file(self.dataset)]
+        return list(dict.fromkeys(path for path in found if path is not None))
 
     @property
     def resets_client_optimizers(self) -> bool:

@@ -154,10 +154,13 @@ def load_cifar(name: str, data_dir: str = "") -> LoadedDataset:
         )
     train, test = (reader(str(root), train=flag) for flag in (True, False))
     mean, std = CIFAR_STATS[name]
+    classes = DATASETS[name].num_classes
+    # Sizes as found (the published sets give the table's): a smaller copy in the format loads too.
+    info = DatasetInfo(name, len(train.data), len(test.data), val_size_for(len(train.data), classes),
+                       (3, 32, 32), classes)  # fmt: skip
     return LoadedDataset(
         (train.data, np.asarray(train.targets, dtype=np.int64)),
-        (test.data, np.asarray(test.targets, dtype=np.int64)),
-        DATASETS[name], InputCodec("rgb", mean, std),
+        (test.data, np.asarray(test.targets, dtype=np.int64)), info, InputCodec("rgb", mean, std),
     )  # fmt: skip
 
 

@@ -49,7 +49,6 @@ from sglr_ray.execution.placement import (
 )
 from sglr_ray.execution.process import configure_process
 from sglr_ray.execution.ray_cluster import read_cluster, wait_for_actors
-from sglr_ray.methods import method_file
 from sglr_ray.nodes.client import ClientShard, client_partitions
 from sglr_ray.nodes.server import Server
 
@@ -171,8 +170,8 @@ def connect() -> bool:
     return address == "local"
 
 
-def ship_module(path: Path) -> dict[str, Any]:
-    """A runtime environment that puts the file `path` on every actor's sys.path, on any node.
+def ship_modules(paths: list[Path]) -> dict[str, Any]:
+    """A runtime environment that puts the files `paths` on every actor's sys.path, on any node.
 
     Ray accepts local paths only in a job's runtime environment, not an actor's, so the
     file is uploaded to the cluster here (as `ray.init` does for a job) and actors get
@@ -183,7 +182,7 @@ def ship_module(path: Path) -> dict[str, Any]:
     node = ray._private.worker.global_worker.node
     scratch = node.get_runtime_env_dir_path() if node is not None else None
     return upload_py_modules_if_needed(
-        {"py_modules": [str(path)]}, include_gitignore=False, scratch_dir=scratch
+        {"py_modules": [str(path) for path in paths]}, include_gitignore=False, scratch_dir=scratch
     )
 
 
@@ -214,8 +213,8 @@ class RayExecutor:
             "num_cpus": placement.cpus_per_actor, "max_concurrency": 1,
             "max_restarts": config.max_restarts, "max_task_retries": 0,
         }  # fmt: skip
-        if user_method := method_file(config.method):
-            common["runtime_env"] = ship_module(user_method)
+        if user_files := config.user_files:  # --method, --model, --dataset FILE.py: actors import them
+            common["runtime_env"] = ship_modules(user_files)
         if self.server_in_driver:  # on the CPU: it only averages weights
             self.server = Server(config, "cpu")
         else:

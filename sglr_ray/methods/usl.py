@@ -89,7 +89,7 @@ def middle_forward(server, epoch: int, step: int, *uploads) -> tuple:
     server.set_epoch_lr(epoch)
     server.account_uploads(uploads)
     activations = batch.smashed.requires_grad_(True)
-    with server.autocast():
+    with server.autocast(), server.randomness(epoch, step):
         outputs = server.tops[0](activations)
     server.scratch["usl"] = (uploads, batch, activations, outputs)
     sent = outputs.detach().cpu()

@@ -34,7 +34,7 @@ from sglr_ray.data import ImageSet, PreparedData, eval_slice
 from sglr_ray.methods.aggregate import weighted_state_sum
 from sglr_ray.nodes.batches import BatchDrawer
 from sglr_ray.nodes.grouped import GroupedBottoms, groupable
-from sglr_ray.nodes.models import state_nbytes, weights_copy
+from sglr_ray.nodes.models import has_randomness, state_nbytes, step_randomness, weights_copy
 from sglr_ray.nodes.optim import LrSchedule, autocast, make_optimizer, optimizer_state_copy, set_lr
 from sglr_ray.nodes.protocol import GradientDelivery, ModelUpload, SmashedBatch
 from sglr_ray.nodes.scoring import count_correct
@@ -101,6 +101,7 @@ class ClientShard:
         self._schedule = LrSchedule.parse(config.lr_schedule)
         self._smashed_shape = self._parts.smashed_shape
         self._grouped = self._make_group() if group else None
+        self._draws = has_randomness(self.clients[0].model)  # dropout: masks seeded per step
 
     def _make_group(self) -> GroupedBottoms | None:
         """The clients as one grouped model (nodes/grouped.py), where every step has every client
@@ -181,6 +182,10 @@ class ClientShard:
         """The run's autocast context (--precision)."""
         return self._autocast()
 
+    def _randomness(self, client: Client, epoch: int, step: int) -> Any:
+        """A client's random draws in a step (dropout) seeded by (seed, client, epoch, step)."""
+        return step_randomness(self._draws, self.device, self.config.seed, client.client_id, epoch, step)
+
     def _batch(self, client: Client, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """A client's inputs and labels for (epoch, step) (nodes/batches.py)."""
         return self._batches.batch(client.client_id, client.data, epoch, step)
@@ -202,7 +207,7 @@ class ClientShard:
             x, y = self._batch(client, epoch, step)
             if len(y) == 0:  # a batch plan gave this client nothing this step
                 continue
-            with self._autocast():
+            with self._autocast(), self._randomness(client, epoch, step):
                 upload, kept = self.role.forward(client.model, client.optimizer, x, y.to(self.device))
             self._pending.append((client, kept))  # keeps the graph for apply_gradient
             smashed.append(upload.detach().cpu())
@@ -283,7 +288,7 @@ class ClientShard:
             for local_epoch in range(epoch * passes, (epoch + 1) * passes):
                 for step in range(steps):
                     x, y = self._batch(client, local_epoch, step)
-                    with self._autocast():
+                    with self._autocast(), self._randomness(client, local_epoch, step):
                         loss = F.cross_entropy(client.model(x), y.to(self.device))
                     client.optimizer.zero_grad(set_to_none=True)
                     loss.backward()

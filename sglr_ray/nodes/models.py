@@ -16,11 +16,13 @@ start from the weights the original bottom/top pairs did.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.modules.module import register_module_parameter_registration_hook
@@ -271,6 +273,30 @@ def _output_shape(model: str, input_shape: tuple[int, ...], num_classes: int, st
     with torch.no_grad(), torch.random.fork_rng(devices=[]):
         part = nn.Sequential(*model_children(model, input_shape, num_classes)[:stop]).eval()
         return tuple(part(torch.zeros(1, *input_shape)).shape[1:])
+
+
+# --- randomness in a training step ----------------------------------------------------
+
+SERVER_STREAM = 2**32  # the server's randomness stream id: above any client id
+
+
+def has_randomness(module: nn.Module) -> bool:
+    """Whether a training forward of `module` draws random numbers (dropout)."""
+    return any(isinstance(m, nn.modules.dropout._DropoutNd) for m in module.modules())
+
+
+@contextlib.contextmanager
+def step_randomness(active: bool, device: torch.device, seed: int, stream: int, epoch: int, step: int):
+    """Random draws inside (dropout masks) seeded by (seed, client or SERVER_STREAM, epoch, step),
+    and the process's RNG left as it was: the same masks in one process or in many Ray actors.
+    Nothing happens where the model draws nothing (`active` False)."""
+    if not active:
+        yield
+        return
+    state = np.random.SeedSequence([seed, stream, epoch, step]).generate_state(1, dtype=np.uint64)[0]
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(int(state) & 0x7FFF_FFFF_FFFF_FFFF)
+        yield
 
 
 # --- weights -------------------------------------------------------------------------

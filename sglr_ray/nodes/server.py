@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from sglr_ray.methods.aggregate import fedavg, weighted_state_sum
 from sglr_ray.methods.base import ServerBatch
-from sglr_ray.nodes.models import weights_copy
+from sglr_ray.nodes.models import SERVER_STREAM, has_randomness, step_randomness, weights_copy
 from sglr_ray.nodes.optim import LrSchedule, autocast, make_optimizer, set_lr
 from sglr_ray.nodes.protocol import GradientDelivery, ModelUpload, SmashedBatch, StepMetrics, tensor_nbytes
 from sglr_ray.nodes.specs import NodeSettings
@@ -76,6 +77,7 @@ class Server:
         self.ledger = CommLedger(config.clients)
         self._lr = config.server_lr
         self.scratch: dict = {}  # a method's own state between its calls in one step (methods/usl.py)
+        self._draws = any(has_randomness(t) for t in self.tops)  # dropout: masks seeded per step
 
     @property
     def top(self) -> torch.nn.Module:
@@ -115,8 +117,13 @@ class Server:
         batch = self.gather(uploads)
         self.set_epoch_lr(epoch)
         self.account_uploads(uploads)
-        loss, grads = self.spec.server_step(self, batch, epoch, step)
+        with self.randomness(epoch, step):
+            loss, grads = self.spec.server_step(self, batch, epoch, step)
         return self.deliver(grads, uploads, loss, epoch, step)
+
+    def randomness(self, epoch: int, step: int) -> Any:
+        """The server's random draws in a step (dropout) seeded by (seed, SERVER_STREAM, epoch, step)."""
+        return step_randomness(self._draws, self.device, self.config.seed, SERVER_STREAM, epoch, step)
 
     def gather(self, uploads: tuple[SmashedBatch, ...]) -> ServerBatch:
         """One iteration's uploads, concatenated on the server's device."""
