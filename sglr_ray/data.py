@@ -291,6 +291,10 @@ def check_sizes(config, info: DatasetInfo) -> None:  # config: RunConfig
             f"{needed} samples, but {info.name} has {info.train_pool} training samples "
             f"left after the {info.val_size}-sample validation split"
         )
+    spare = info.train_pool - needed
+    if getattr(config, "leakage", False) and config.leakage_aux_samples > spare:
+        raise ConfigError(f"--leakage-aux-samples {config.leakage_aux_samples} exceeds the {spare} training "
+                          "samples no client holds")  # fmt: skip
     for name, limit in (("val_samples", info.val_size), ("test_samples", info.test_size)):
         if getattr(config, name) > limit:
             raise ConfigError(f"--{name.replace('_', '-')} {getattr(config, name)} exceeds the {limit} "

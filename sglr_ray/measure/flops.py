@@ -92,7 +92,9 @@ def counted_step_flops(model: nn.Module, x: torch.Tensor) -> int:
     from torch.utils.flop_counter import FlopCounterMode  # see the module docstring: only here
 
     with FlopCounterMode(display=False) as counter:
-        model(x).sum().backward()
+        out = model(x)
+        if out.requires_grad:  # nothing to train and no input gradient: a forward is all there is
+            out.sum().backward()
     return counter.get_total_flops()
 
 

@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn.modules.module import register_module_parameter_registration_hook
 
 from sglr_ray.declared import DeclarationError, load
-from sglr_ray.zoo import BUILTIN_MODELS
+from sglr_ray.zoo import BUILTIN_MODELS, Block
 from sglr_ray.zoo.resnet16 import BasicBlock  # noqa: F401  (nodes/grouped.py groups its copies)
 
 INPUT_SHAPE = (1, 32, 32)  # Fashion-MNIST as the models see it (data.py pads 28x28 by 2)
@@ -92,6 +92,13 @@ def model_layout(model: str, input_shape: tuple[int, ...], num_classes: int) -> 
         built = _call(model, input_shape, num_classes)
     count, pair = len(_children_of(model, built)), not isinstance(built, nn.Sequential)
     return count, pair, 1 if pair else getattr(declaration(model), "default_cut", 1)
+
+
+@functools.cache
+def _layer_count(model: str, input_shape: tuple[int, ...], num_classes: int, start: int, stop: int) -> int:
+    """Layers a part of children[start:stop] holds (Blocks opened)."""
+    with torch.random.fork_rng(devices=[]):
+        return len(layers_of(model_children(model, input_shape, num_classes)[start:stop]))
 
 
 def resolve_cut(model: str, input_shape: tuple[int, ...], num_classes: int, cut: str, points: int) -> tuple:
@@ -162,7 +169,12 @@ def build_part(
         handle.remove()
     if end:
         torch.set_rng_state(end[0])
-    return nn.Sequential(*children[start:stop])
+    return nn.Sequential(*layers_of(children[start:stop]))
+
+
+def layers_of(children: list[nn.Module]) -> list[nn.Module]:
+    """What a part holds: the children, each Block (zoo) opened into its layers."""
+    return [layer for child in children for layer in (child if type(child) is Block else [child])]
 
 
 def seeded(build: Callable[[], nn.Module], seed: int) -> nn.Module:
@@ -211,13 +223,18 @@ class ModelParts:
         """U-shaped methods: where the tail starts (the second cut; default the last child)."""
         return self.cut[1] if len(self.cut) > 1 else self.count - 1
 
+    def _tail_layers(self) -> int:
+        return _layer_count(
+            self.model, tuple(self.input_shape), self.num_classes, self._tail_start(), self.count
+        )
+
     def middle(self) -> nn.Module:
         """U-shaped methods: the server's part, the top up to the second cut."""
-        return self.top()[: self._tail_start() - self.cut_points[0]]
+        return self.top()[: -self._tail_layers()]
 
     def tail(self) -> nn.Module:
         """U-shaped methods: the client's last layers, from the second cut on, drawn with the top."""
-        return self.top()[self._tail_start() - self.cut_points[0] :]
+        return self.top()[-self._tail_layers() :]
 
     def seeded(self, build: Callable[[], nn.Module], salt: int) -> nn.Module:
         """Anything else a role adds (an auxiliary head), drawn from seed + salt."""
@@ -321,10 +338,14 @@ def as_parts(model: str | ModelParts) -> ModelParts:
     return model if isinstance(model, ModelParts) else ModelParts(model, 0)
 
 
-@functools.cache
 def bottom_state_nbytes(model: str | ModelParts) -> int:
     """Bytes of a client's bottom model weights: what SFL and SSL move per transfer."""
-    return state_nbytes(as_parts(model).bottom())
+    return _bottom_state_nbytes(as_parts(model), torch.get_default_dtype())
+
+
+@functools.cache
+def _bottom_state_nbytes(parts: ModelParts, dtype: torch.dtype) -> int:  # dtype: part of the key
+    return state_nbytes(parts.bottom())
 
 
 def smashed_shape(model: str | ModelParts) -> tuple[int, ...]:

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 from torch import nn
 
+from sglr_ray.zoo import Block
 
-def _conv_block(c_in: int, c_out: int, kernel: int, pool: bool) -> nn.Sequential:
+
+def _conv_block(c_in: int, c_out: int, kernel: int, pool: bool) -> Block:
     layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2), nn.ReLU(inplace=True)]
-    return nn.Sequential(*layers, nn.MaxPool2d(2)) if pool else nn.Sequential(*layers)
+    return Block(*layers, nn.MaxPool2d(2)) if pool else Block(*layers)
 
 
 def alexnet(input_shape: tuple[int, ...], num_classes: int) -> nn.Sequential:
@@ -29,7 +31,7 @@ def alexnet(input_shape: tuple[int, ...], num_classes: int) -> nn.Sequential:
         _conv_block(64, 128, 3, pool=False),
         _conv_block(128, 128, 3, pool=False),
         _conv_block(128, 64, 3, pool=True),  # -> 64 x H/8 x W/8
-        nn.Sequential(nn.Flatten(), nn.Linear(64 * (height // 8) * (width // 8), 256), nn.ReLU(inplace=True)),
+        Block(nn.Flatten(), nn.Linear(64 * (height // 8) * (width // 8), 256), nn.ReLU(inplace=True)),
         nn.Linear(256, num_classes),
     )
 

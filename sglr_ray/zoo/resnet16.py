@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sglr_ray.zoo import Block
+
 
 class BasicBlock(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, stride: int) -> None:
@@ -42,13 +44,13 @@ def _stage(in_ch: int, out_ch: int, blocks: int, stride: int) -> nn.Sequential:
 def resnet16(input_shape: tuple[int, ...], num_classes: int) -> nn.Sequential:
     """(C, H, W) images -> logits; any H, W of at least 4 (global pooling at the end)."""
     return nn.Sequential(
-        nn.Sequential(
+        Block(
             nn.Conv2d(input_shape[0], 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(inplace=True)
         ),
         _stage(16, 16, blocks=2, stride=1),
         _stage(16, 32, blocks=2, stride=2),  # -> 32 x H/2 x W/2: the paper's smashed data
         _stage(32, 64, blocks=3, stride=2),  # -> 64 x H/4 x W/4
-        nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()),
+        Block(nn.AdaptiveAvgPool2d(1), nn.Flatten()),
         nn.Linear(64, num_classes),
     )
 

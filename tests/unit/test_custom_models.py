@@ -108,9 +108,12 @@ def test_a_cut_is_one_run_whether_given_or_default_and_another_cut_is_another_ru
 def test_usl_takes_two_cut_points_and_defaults_to_the_last_child_as_tail(tiny_config):
     default = tiny_config(method="usl").model_parts
     assert default.cut == (1, 6)
-    assert isinstance(default.tail()[0], nn.Linear) and len(default.middle()) == 5
+    # Blocks run as their layers: the tail is the classifier, the middle the 13 layers before it.
+    assert (
+        isinstance(default.tail()[0], nn.Linear) and len(default.tail()) == 1 and len(default.middle()) == 13
+    )
     parts = tiny_config(method="usl", cut="2,5").model_parts
-    assert len(parts.bottom()) == 2 and len(parts.middle()) == 3 and len(parts.tail()) == 2
+    assert [len(parts.bottom()), len(parts.middle()), len(parts.tail())] == [3 + 3, 2 + 2 + 3, 3 + 1]
     # The tail is drawn with the top (seed + 1): the same weights as the top's last children.
     assert torch.equal(parts.tail()[-1].weight, parts.top()[-1].weight)
     assert tiny_config(method="usl", cut="2,5").run_key != tiny_config(method="usl").run_key
