@@ -40,6 +40,7 @@ from sglr_ray.config import (
     setting_type,
 )
 from sglr_ray.data import DatasetNotFoundError, download_fashion_mnist, find_fashion_mnist
+from sglr_ray.datasets import cifar_root
 from sglr_ray.epochs import EpochResult, RunOutcome
 from sglr_ray.errors import ActorOutOfMemoryError, PlacementError
 from sglr_ray.execution.driver import run_experiment
@@ -70,8 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
         "run", help="train one experiment", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
-    data = commands.add_parser("data", help="find Fashion-MNIST, or download it with --download")
+    data = commands.add_parser("data", help="find a built-in dataset, or download it with --download")
     data.add_argument("--download", action="store_true", help="fetch it with torchvision when not found")
+    data.add_argument("--dataset", choices=("fashion-mnist", "cifar10", "cifar100"), default="fashion-mnist")
+    data.add_argument("--data-dir", default="", help="cifar10/cifar100: where to look (and download to)")
     sweep = commands.add_parser("sweep", help="run a grid of experiments, skipping completed ones")
     sweep.add_argument("--grid", type=Path, required=True, help="YAML or TOML file with `base` and `grid`")
     sweep.add_argument("--parallel", type=int, default=1, help="runs at once, each in its own process")
@@ -274,6 +277,8 @@ def interrupted_message(command: str, stop: RunInterrupted) -> str:
 
 def run_command(args: argparse.Namespace) -> int:
     if args.command == "data":
+        if args.dataset != "fashion-mnist":
+            return locate_cifar(args.dataset, args.download, args.data_dir)
         return locate_data(args.download)
     if args.command == "sweep":
         return run_grid(args.grid, args.parallel, args.dry_run, args)
@@ -308,6 +313,20 @@ def locate_data(download: bool) -> int:
             print(f"sglr-ray: error: {ex}", file=sys.stderr)
             return 2
         print(f"Fashion-MNIST: downloaded to {download_fashion_mnist()}")
+    return 0
+
+
+def locate_cifar(name: str, download: bool, data_dir: str) -> int:
+    from sglr_ray.datasets import download_cifar, load_cifar
+
+    try:
+        load_cifar(name, data_dir)
+        print(f"{name}: {cifar_root(data_dir)}")
+    except DatasetNotFoundError as ex:
+        if not download:
+            print(f"sglr-ray: error: {ex}", file=sys.stderr)
+            return 2
+        print(f"{name}: downloaded to {download_cifar(name, data_dir)}")
     return 0
 
 

@@ -13,19 +13,22 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import hashlib
 import json
 import re
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from sglr_ray.data import DATASETS
-from sglr_ray.methods import METHODS, Method, MethodNotFoundError, get_method
+from sglr_ray.datasets import DATASETS, check_dataset_name, dataset_info
+from sglr_ray.declared import identity_name, shipped_file
+from sglr_ray.methods import METHODS, Method, MethodNotFoundError, get_method, method_file
 from sglr_ray.methods.phase import Phase, PhaseError
 from sglr_ray.methods.sglr import split_lr
 from sglr_ray.nodes.codec import parse_codec
-from sglr_ray.nodes.models import SPLIT_MODELS
+from sglr_ray.nodes.models import ModelError, ModelParts, declaration, resolve_cut
 from sglr_ray.nodes.optim import LrSchedule
 from sglr_ray.settings import ConfigError, MethodOption, checked_value, flag, setting
 from sglr_ray.systems.devices import DeviceProfiles, load_profiles
@@ -46,10 +49,22 @@ class RunConfig:
     method: str = setting(
         "sglr", "learning method, or FILE.py:NAME for your own (see examples/custom_method.py)"
     )
-    model: str = setting("alexnet", "split model", choices=tuple(SPLIT_MODELS))
+    model: str = setting(
+        "alexnet", "split model: alexnet, resnet16, or your own as FILE.py:NAME or package.module:NAME, "
+        "where NAME(input_shape, num_classes) returns an nn.Sequential to cut or a (bottom, top) pair "
+        "(see examples/custom_model.py)",
+    )  # fmt: skip
+    cut: str = setting(
+        "", "where the model is cut: K puts its first K top-level children on the client; U-shaped "
+        "methods (usl) take K1,K2 (head = children before K1, tail = children from K2); default: the "
+        "model's own cut (alexnet 1, resnet16 3; usl's tail: the last child)", identity=False,
+    )  # fmt: skip
+    # identity=False: a cut changes the numbers, but it enters the identity through `model`
+    # (see identity()), so every run at a model's own cut keeps the key it had before --cut.
     dataset: str = setting(
-        "fashion-mnist", "dataset (synthetic is for benchmarks and tests only)", choices=tuple(DATASETS)
-    )
+        "fashion-mnist", "dataset: fashion-mnist, cifar10, cifar100, synthetic (for benchmarks and tests), "
+        "or your own as FILE.py:NAME, where NAME() returns (train, test) (see examples/custom_dataset.py)",
+    )  # fmt: skip
     partition: str = setting(
         "iid", "client partitions: iid (class-stratified) or dirichlet (label skew)",
         choices=("iid", "dirichlet"),
@@ -165,6 +180,10 @@ class RunConfig:
         "(0 = wait for all)", low=0, absent_means=0.0,
     )  # fmt: skip
     # --- where and how it runs (never changes a number) --------------------------------
+    data_dir: str = setting(
+        "", "where cifar10/cifar100 are read from (torchvision's folders; default $SGLR_DATA_DIR, else "
+        "~/.cache/sglr-ray)", identity=False,
+    )  # fmt: skip
     executor: str = setting(
         "local", "local (one process, no Ray) or ray (client shards and server as Ray actors)",
         identity=False, choices=("local", "ray"),
@@ -224,6 +243,7 @@ class RunConfig:
         except ValueError as ex:
             raise ConfigError(f"--lr-schedule {ex}") from ex
         self._resolve_knobs(method)
+        self._check_model_and_dataset()
         self._check_sizes()
         self._check_systems(method)
         if self.leakage:
@@ -252,7 +272,33 @@ class RunConfig:
             resolved = fixed if fixed is not None else (default if value is None else value)
             object.__setattr__(self, knob, float(resolved))
 
+    def _check_model_and_dataset(self) -> None:
+        """Names only: the model's declaration imports, the dataset is known. The cut and the
+        model's shapes are checked against the data in `check_model`, before any training."""
+        try:
+            declaration(self.model)
+        except ModelError as ex:
+            raise ConfigError(str(ex)) from ex
+        check_dataset_name(self.dataset)
+
+    def check_model(self) -> ModelParts:
+        """The model cut as asked, checked by one dry forward pass on the dataset's input shape
+        (this loads a file dataset); a ConfigError naming --model or --cut otherwise."""
+        try:
+            parts = self.model_parts
+            parts.check()
+        except ModelError as ex:
+            raise ConfigError(str(ex)) from ex
+        return parts
+
     def _check_sizes(self) -> None:
+        if self.batch_size > self.samples_per_client:
+            raise ConfigError(
+                f"--batch-size {self.batch_size} is larger than a client's partition "
+                f"(--samples-per-client {self.samples_per_client})"
+            )
+        if self.dataset not in DATASETS:
+            return  # a file dataset's sizes are checked when it is loaded (data.check_sizes)
         meta = DATASETS[self.dataset]
         needed = self.clients * self.samples_per_client
         if needed > meta.train_pool:
@@ -260,11 +306,6 @@ class RunConfig:
                 f"--clients {self.clients} x --samples-per-client {self.samples_per_client} = "
                 f"{needed} samples, but {self.dataset} has {meta.train_pool} training samples "
                 f"left after the {meta.val_size}-sample validation split"
-            )
-        if self.batch_size > self.samples_per_client:
-            raise ConfigError(
-                f"--batch-size {self.batch_size} is larger than a client's partition "
-                f"(--samples-per-client {self.samples_per_client})"
             )
         for name, limit in (("val_samples", meta.val_size), ("test_samples", meta.test_size)):
             if getattr(self, name) > limit:
@@ -306,6 +347,8 @@ class RunConfig:
             raise ConfigError(f"--leakage needs smashed data; --method {self.method} sends none")
         if self.leakage_client >= self.clients:
             raise ConfigError(f"--leakage-client {self.leakage_client} must be in [0, {self.clients - 1}]")
+        if self.dataset not in DATASETS:
+            return
         meta = DATASETS[self.dataset]
         spare = meta.train_pool - self.clients * self.samples_per_client
         if self.leakage_aux_samples > spare:
@@ -320,6 +363,42 @@ class RunConfig:
     def spec(self) -> Method:
         """The method's declaration (methods/)."""
         return get_method(self.method)
+
+    @functools.cached_property
+    def dataset_shape(self) -> tuple[tuple[int, ...], int]:
+        """(input shape per sample, number of classes) of the dataset; a file dataset is loaded
+        (once per process). Cached on the object, so actors get it with the configuration."""
+        info = dataset_info(self.dataset)
+        return tuple(info.input_shape), info.num_classes
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.dataset_shape[0]
+
+    @property
+    def num_classes(self) -> int:
+        return self.dataset_shape[1]
+
+    @functools.cached_property
+    def model_parts(self) -> ModelParts:
+        """The model as the nodes build it: declaration, resolved cut points, input shape, classes."""
+        shape, classes = self.dataset_shape
+        try:
+            cut = resolve_cut(self.model, shape, classes, self.cut, self.spec.client.cut_points)
+        except ModelError as ex:
+            raise ConfigError(str(ex)) from ex
+        return ModelParts(self.model, self.seed, shape, classes, cut)
+
+    @property
+    def resolved_cut(self) -> str:
+        """The cut points as run, e.g. "1" or "1,6" (--cut's default resolved)."""
+        return ",".join(map(str, self.model_parts.cut))
+
+    @property
+    def user_files(self) -> list[Path]:
+        """The user's files a Ray actor imports: --method, --model and --dataset given as FILE.py:NAME."""
+        found = [method_file(self.method), shipped_file(self.model), shipped_file(self.dataset)]
+        return list(dict.fromkeys(path for path in found if path is not None))
 
     @property
     def resets_client_optimizers(self) -> bool:
@@ -350,7 +429,19 @@ class RunConfig:
         `auto` and the explicit value it stands for are one run."""
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata["identity"]}
         values["client_optimizer_state"] = "reset" if self.resets_client_optimizers else "keep"
+        values["model"], values["dataset"] = self.model_identity, identity_name(self.dataset)
         return values
+
+    @property
+    def model_identity(self) -> str:
+        """The model as the identity holds it: a file's with a hash of the file (an edited file is
+        another run), and a cut other than the model's own (`alexnet cut 3`); the runs table's
+        model column holds this too."""
+        name = identity_name(self.model)
+        if not self.cut:
+            return name
+        default = resolve_cut(self.model, *self.dataset_shape, "", self.spec.client.cut_points)
+        return name if self.model_parts.cut == default else f"{name} cut {self.resolved_cut}"
 
     @property
     def run_key(self) -> str:

@@ -1,11 +1,14 @@
-"""Fashion-MNIST loading, the validation split and the client partitions.
+"""Loading the run's dataset, the validation split and the client partitions.
 
 The driver calls `prepare_data` once; each client shard then receives only its
 own clients' partitions (plus the shared validation and test images, which it
-needs to evaluate its bottom models).
+needs to evaluate its bottom models). Which datasets exist and how their
+samples become model inputs is datasets.py's; this module works for any of
+them: any input shape, the classes the labels name.
 
-Images stay uint8 (28x28) until a batch is drawn; `to_model_input` pads them to
-32x32 and normalises them.
+Samples stay as stored (uint8 images) until a batch is drawn; the dataset's
+codec (`ImageSet.inputs`) turns them into model inputs: Fashion-MNIST's 28x28
+padded to 32x32 and normalised (`to_model_input`).
 """
 
 from __future__ import annotations
@@ -14,68 +17,63 @@ import functools
 import gzip
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from sglr_ray.datasets import (  # noqa: F401  (re-exported: callers read them here)
+    CACHE_DIR,
+    DATASETS,
+    FASHION,
+    FMNIST_MEAN,
+    FMNIST_STD,
+    DatasetInfo,
+    DatasetNotFoundError,
+    InputCodec,
+    load_cifar,
+    load_file_dataset,
+)
+from sglr_ray.settings import ConfigError
+
 SYSTEM_DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
-CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sglr-ray"
 FMNIST_FILES = {
     "train_images": "train-images-idx3-ubyte",
     "train_labels": "train-labels-idx1-ubyte",
     "test_images": "t10k-images-idx3-ubyte",
     "test_labels": "t10k-labels-idx1-ubyte",
 }
-FMNIST_MEAN, FMNIST_STD = 0.2860, 0.3530
-NUM_CLASSES = 10
+NUM_CLASSES = 10  # Fashion-MNIST's (and the synthetic stand-in's)
 EVAL_SEED = 0xE7A1  # fixes the validation split and both evaluation subsets for every run
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """No copy of the dataset was found in any of the places searched."""
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    name: str
-    train_size: int
-    test_size: int
-    val_size: int  # held out of the training set, class-balanced
-
-    @property
-    def train_pool(self) -> int:
-        """Training samples left for clients after the validation split."""
-        return self.train_size - self.val_size
-
-
-DATASETS = {
-    "fashion-mnist": DatasetInfo("fashion-mnist", 60_000, 10_000, 10_000),
-    # Same shapes and sizes as Fashion-MNIST, for benchmarks and fast tests only.
-    "synthetic": DatasetInfo("synthetic", 60_000, 10_000, 10_000),
-}
 
 
 @dataclass
 class ImageSet:
-    """uint8 images (n, 28, 28) and int64 labels (n,)."""
+    """Samples as stored (Fashion-MNIST: uint8 images (n, 28, 28)), int64 labels (n,), and the
+    codec that turns samples into model inputs."""
 
     images: np.ndarray
     labels: np.ndarray
+    codec: InputCodec = field(default=FASHION)
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def subset(self, index: np.ndarray) -> ImageSet:
-        return ImageSet(self.images[index], self.labels[index])
+    def inputs(self, index: np.ndarray | slice | None = None) -> torch.Tensor:
+        """Model inputs of the samples at `index` (all of them by default)."""
+        return self.codec(self.images if index is None else self.images[index])
+
+    def subset(self, index: np.ndarray | slice) -> ImageSet:
+        return ImageSet(self.images[index], self.labels[index], self.codec)
 
     def writable_copy(self) -> ImageSet:
-        return ImageSet(self.images.copy(), self.labels.copy())
+        return ImageSet(self.images.copy(), self.labels.copy(), self.codec)
 
     @classmethod
     def union(cls, parts: list[ImageSet]) -> ImageSet:
-        return cls(np.concatenate([p.images for p in parts]), np.concatenate([p.labels for p in parts]))
+        images, labels = (np.concatenate([getattr(p, k) for p in parts]) for k in ("images", "labels"))
+        return cls(images, labels, parts[0].codec)
 
     @property
     def nbytes(self) -> int:
@@ -92,6 +90,8 @@ class PreparedData:
     spare: ImageSet  # training images no client holds: the server's auxiliary data for attacks
     val_digest: str = ""  # which validation images were scored (see _digest)
     test_digest: str = ""
+    input_shape: tuple[int, ...] = (1, 32, 32)  # of a model input, per sample
+    num_classes: int = NUM_CLASSES
 
 
 # --- locating and reading the files --------------------------------------------
@@ -176,32 +176,43 @@ def make_synthetic(info: DatasetInfo = DATASETS["synthetic"], seed: int = 1234) 
 # --- splits and partitions -------------------------------------------------------
 
 
-def _class_indices(labels: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
-    return [rng.permutation(np.flatnonzero(labels == c)) for c in range(NUM_CLASSES)]
+def _classes(labels: np.ndarray, num_classes: int | None) -> int:
+    """The class count: given, or 1 + the largest label."""
+    return int(labels.max()) + 1 if num_classes is None else num_classes
+
+
+def _class_indices(labels: np.ndarray, rng: np.random.Generator, num_classes: int) -> list[np.ndarray]:
+    return [rng.permutation(np.flatnonzero(labels == c)) for c in range(num_classes)]
 
 
 def split_validation(
-    labels: np.ndarray, val_size: int, rng: np.random.Generator
+    labels: np.ndarray, val_size: int, rng: np.random.Generator, num_classes: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Class-balanced validation indices and the remaining training pool (both shuffled)."""
-    per_class = val_size // NUM_CLASSES
-    by_class = _class_indices(labels, rng)
+    num_classes = _classes(labels, num_classes)
+    per_class = val_size // num_classes
+    by_class = _class_indices(labels, rng, num_classes)
     val = np.concatenate([idx[:per_class] for idx in by_class])
     pool = np.concatenate([idx[per_class:] for idx in by_class])
     return rng.permutation(val), rng.permutation(pool)
 
 
 def partition_iid(
-    labels: np.ndarray, clients: int, per_client: int, rng: np.random.Generator
+    labels: np.ndarray,
+    clients: int,
+    per_client: int,
+    rng: np.random.Generator,
+    num_classes: int | None = None,
 ) -> list[np.ndarray]:
     """Class-stratified IID partitions: every client gets (nearly) the same count of each class."""
-    by_class = _class_indices(labels, rng)
-    taken = [0] * NUM_CLASSES
+    k_classes = _classes(labels, num_classes)
+    by_class = _class_indices(labels, rng, k_classes)
+    taken = [0] * k_classes
     parts = []
     for client in range(clients):
-        counts = [per_client // NUM_CLASSES] * NUM_CLASSES
-        for k in range(per_client % NUM_CLASSES):  # rotate the remainder over classes
-            counts[(client + k) % NUM_CLASSES] += 1
+        counts = [per_client // k_classes] * k_classes
+        for k in range(per_client % k_classes):  # rotate the remainder over classes
+            counts[(client + k) % k_classes] += 1
         chunks = []
         for c, n in enumerate(counts):
             if taken[c] + n > len(by_class[c]):
@@ -213,18 +224,24 @@ def partition_iid(
 
 
 def partition_dirichlet(
-    labels: np.ndarray, clients: int, per_client: int, beta: float, rng: np.random.Generator
+    labels: np.ndarray,
+    clients: int,
+    per_client: int,
+    beta: float,
+    rng: np.random.Generator,
+    num_classes: int | None = None,
 ) -> list[np.ndarray]:
     """Label-skewed partitions of equal size: client class mix ~ Dirichlet(beta).
 
     Sizes stay equal so that every client runs the same number of iterations
     and SplitAvg's equal-batch requirement holds.
     """
-    by_class = _class_indices(labels, rng)
+    k_classes = _classes(labels, num_classes)
+    by_class = _class_indices(labels, rng, k_classes)
     remaining = np.array([len(idx) for idx in by_class])
     parts = []
     for _ in range(clients):
-        wanted = rng.multinomial(per_client, rng.dirichlet([beta] * NUM_CLASSES))
+        wanted = rng.multinomial(per_client, rng.dirichlet([beta] * k_classes))
         counts = np.minimum(wanted, remaining)
         while counts.sum() < per_client:  # a class ran dry: top up from the fullest class
             counts[np.argmax(remaining - counts)] += 1
@@ -242,15 +259,46 @@ def _digest(indices: np.ndarray) -> str:
     return hashlib.sha256(np.asarray(indices, dtype=np.int64).tobytes()).hexdigest()[:8]
 
 
-def balanced_prefix(labels: np.ndarray, size: int) -> np.ndarray:
+def balanced_prefix(labels: np.ndarray, size: int, num_classes: int | None = None) -> np.ndarray:
     """Positions of the first `size` items of `labels` taken class by class in turn, so every
-    class has size // 10 or one more (the remainder goes to the lowest classes)."""
-    by_class = [np.flatnonzero(labels == c) for c in range(NUM_CLASSES)]
-    counts = [size // NUM_CLASSES + (c < size % NUM_CLASSES) for c in range(NUM_CLASSES)]
-    short = [c for c in range(NUM_CLASSES) if counts[c] > len(by_class[c])]
+    class has size // K or one more (the remainder goes to the lowest classes)."""
+    k_classes = _classes(labels, num_classes)
+    by_class = [np.flatnonzero(labels == c) for c in range(k_classes)]
+    counts = [size // k_classes + (c < size % k_classes) for c in range(k_classes)]
+    short = [c for c in range(k_classes) if counts[c] > len(by_class[c])]
     if short:
         raise ValueError(f"classes {short} have too few images for a balanced subset of {size}")
     return np.sort(np.concatenate([idx[:n] for idx, n in zip(by_class, counts, strict=True)]))
+
+
+def load_dataset(dataset: str, data_dir: str = "") -> tuple[ImageSet, ImageSet, DatasetInfo]:
+    """The train and test sets of `--dataset`, and what it is."""
+    if dataset == "fashion-mnist":
+        return (*load_fashion_mnist(), DATASETS[dataset])
+    if dataset == "synthetic":
+        return (*make_synthetic(DATASETS[dataset]), DATASETS[dataset])
+    loaded = load_cifar(dataset, data_dir) if dataset in DATASETS else load_file_dataset(dataset)
+    train, test = (ImageSet(x, y, loaded.codec) for x, y in (loaded.train, loaded.test))
+    return train, test, loaded.info
+
+
+def check_sizes(config, info: DatasetInfo) -> None:  # config: RunConfig
+    """What the run asks of the dataset, against what it has; a ConfigError naming the setting."""
+    needed = config.clients * config.samples_per_client
+    if needed > info.train_pool:
+        raise ConfigError(
+            f"--clients {config.clients} x --samples-per-client {config.samples_per_client} = "
+            f"{needed} samples, but {info.name} has {info.train_pool} training samples "
+            f"left after the {info.val_size}-sample validation split"
+        )
+    spare = info.train_pool - needed
+    if getattr(config, "leakage", False) and config.leakage_aux_samples > spare:
+        raise ConfigError(f"--leakage-aux-samples {config.leakage_aux_samples} exceeds the {spare} training "
+                          "samples no client holds")  # fmt: skip
+    for name, limit in (("val_samples", info.val_size), ("test_samples", info.test_size)):
+        if getattr(config, name) > limit:
+            raise ConfigError(f"--{name.replace('_', '-')} {getattr(config, name)} exceeds the {limit} "
+                              "images of that split")  # fmt: skip
 
 
 def prepare_data(config) -> PreparedData:  # config: RunConfig (not imported: avoids a cycle)
@@ -260,24 +308,26 @@ def prepare_data(config) -> PreparedData:  # config: RunConfig (not imported: av
     their sizes alone, never on C, the method, the partition or the seed: every run
     of a table is scored on the same images (paired), and the digests say which.
     """
-    info = DATASETS[config.dataset]
-    train, test = load_fashion_mnist() if config.dataset == "fashion-mnist" else make_synthetic(info)
+    train, test, info = load_dataset(config.dataset, getattr(config, "data_dir", ""))
+    check_sizes(config, info)
+    classes = info.num_classes
     fixed = np.random.default_rng(EVAL_SEED)
-    val_idx, pool_idx = split_validation(train.labels, info.val_size, fixed)
-    val_idx = val_idx[balanced_prefix(train.labels[val_idx], config.val_samples or len(val_idx))]
+    val_idx, pool_idx = split_validation(train.labels, info.val_size, fixed, classes)
+    val_idx = val_idx[balanced_prefix(train.labels[val_idx], config.val_samples or len(val_idx), classes)]
     test_idx = fixed.permutation(len(test))[: config.test_samples or None]
     rng = np.random.default_rng([config.seed, 0xDA7A])  # the partitions are the seed's
     pool = train.subset(pool_idx)
     if config.partition == "iid":
-        parts = partition_iid(pool.labels, config.clients, config.samples_per_client, rng)
+        parts = partition_iid(pool.labels, config.clients, config.samples_per_client, rng, classes)
     else:
         parts = partition_dirichlet(
-            pool.labels, config.clients, config.samples_per_client, config.dirichlet_beta, rng
+            pool.labels, config.clients, config.samples_per_client, config.dirichlet_beta, rng, classes
         )
     spare = np.setdiff1d(np.arange(len(pool)), np.concatenate(parts))
     return PreparedData(
         config.dataset, [pool.subset(p) for p in parts], train.subset(val_idx), test.subset(test_idx),
         pool.subset(spare), val_digest=_digest(val_idx), test_digest=_digest(test_idx),
+        input_shape=tuple(info.input_shape), num_classes=classes,
     )  # fmt: skip
 
 
@@ -295,9 +345,7 @@ def eval_slice(size: int, num_clients: int, client_id: int) -> slice:
 def to_model_input(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 (n, 28, 28) -> normalised (n, 1, 32, 32) in torch's default dtype (float32, or
     float64 in the golden tests), padded by 2 pixels of the normalised zero."""
-    x = torch.as_tensor(images).to(torch.get_default_dtype()).div_(255.0)
-    x = (x - FMNIST_MEAN) / FMNIST_STD
-    return torch.nn.functional.pad(x, (2, 2, 2, 2), value=-FMNIST_MEAN / FMNIST_STD).unsqueeze(1)
+    return FASHION(images)
 
 
 def epoch_order(seed: int, client_id: int, epoch: int, size: int) -> torch.Tensor:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sglr_ray.config import RunConfig
-from sglr_ray.data import PreparedData, prepare_data, to_model_input
+from sglr_ray.data import PreparedData, prepare_data
 from sglr_ray.epochs import EpochResult, Evaluation, Executor, ProgressFn, RunOutcome
 from sglr_ray.errors import ActorLostError
 from sglr_ray.execution import checkpoint, interrupt
@@ -24,7 +24,6 @@ from sglr_ray.measure.energy import EnergyMeter, open_meter
 from sglr_ray.measure.flops import epoch_flops
 from sglr_ray.measure.timing import timing_for
 from sglr_ray.nodes.client import ClientShard
-from sglr_ray.nodes.models import ModelParts
 from sglr_ray.nodes.server import Server
 from sglr_ray.results.storage import check_writable
 from sglr_ray.results.writer import ResultsWriter, check_run_identity, make_run_id
@@ -96,13 +95,13 @@ def attack_client(ex: Executor, config: RunConfig, data: PreparedData) -> tuple:
 
     client, role = config.leakage_client, config.spec.client
     shard = Engine(ex, config).shard_of(client)
-    model = role.build_client(ModelParts(config.model, config.seed))
+    model = role.build_client(config.model_parts)
     model.load_state_dict(ex.get(ex.call(shard, ClientShard.model_state, client)))
     bottom = role.smashing_model(model)
-    aux = to_model_input(data.spare.images[: config.leakage_aux_samples])
-    targets = to_model_input(data.test.images)
+    aux = data.spare.inputs(slice(config.leakage_aux_samples))
+    targets = data.test.inputs()
     return leakage.measure_leakage(
-        bottom, aux, targets, client, epochs=config.leakage_epochs, seed=config.seed
+        bottom, aux, targets, client, epochs=config.leakage_epochs, seed=config.seed, codec=data.test.codec
     )
 
 
@@ -159,6 +158,7 @@ def run_experiment(
     run_id = config.run_id or make_run_id(config)
     check_run_identity(config, run_id)
     data = prepare_data(config)  # fails on a missing dataset before any Ray work
+    config.check_model()  # the cut and one dry forward pass on the data's shape, before any training
     saved_path = checkpoint.checkpoint_path(config.out, run_id)
     meter = open_meter()
     writer = ResultsWriter(config.out, run_id, config, data, meter.source)

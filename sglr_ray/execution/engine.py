@@ -206,7 +206,7 @@ class Engine:
         ex = self.ex
         weights = ex.call(self.shard_of(from_client), ClientShard.model_state, from_client)
         ex.call(self.shard_of(to_client), ClientShard.load_model_state, weights, [to_client])
-        nbytes = bottom_state_nbytes(self.config.model)
+        nbytes = bottom_state_nbytes(self.config.model_parts)
         ex.call(ex.server, Server.relay_model, from_client, to_client, nbytes)
 
     def train_local(self, epoch: int, passes: int, central: bool = False) -> tuple[float, int]:

@@ -57,7 +57,6 @@ from sglr_ray.execution.ray_cluster import (
     wait_placed,
     wait_started,
 )
-from sglr_ray.methods import method_file
 from sglr_ray.nodes.client import ClientShard, client_partitions
 from sglr_ray.nodes.server import Server
 
@@ -277,8 +276,8 @@ class RayExecutor:
         (max_task_retries=0), and the driver replays the epoch from the last snapshot (checkpoint.py).
         """
         common = {"max_concurrency": 1, "max_restarts": config.max_restarts, "max_task_retries": 0}
-        if user_method := method_file(config.method):
-            common["runtime_env"] = ray_internals.upload_module(user_method)
+        if user_files := config.user_files:  # --method, --model, --dataset FILE.py: actors import them
+            common["runtime_env"] = ray_internals.upload_modules(user_files)
 
         def actor(cls: type, name: str, gpus: float, *args: Any) -> Any:
             options = {"name": f"{run_id}/{name}", "num_cpus": placement.cpus_per_actor, "num_gpus": gpus,

@@ -13,7 +13,7 @@ known", which means waiting up to --placement-timeout-s instead of refusing at o
   whether the autoscaler runs with a real node provider (node types from a
   cluster config) or the read-only one every plain `ray start` cluster gets
   (each node its own type, named "node_<id>"); and whether autoscaler v2 is on.
-- `upload_module`: an actor's runtime environment takes no local paths (only a
+- `upload_modules`: an actor's runtime environment takes no local paths (only a
   job's does), so a user's method file is uploaded with Ray's own helper.
 - `actor_id_hex`: an actor handle's id, to name the actor in Ray's memory-kill
   messages (memory_kill.py), which give only the id.
@@ -77,15 +77,15 @@ def autoscaler_running() -> bool:
         return True
 
 
-def upload_module(path: Path) -> dict[str, Any]:
-    """A runtime environment that puts the file `path` on every actor's sys.path, on any node
-    (uploaded to the cluster here, as `ray.init` does for a job; actors get its gcs:// URI)."""
+def upload_modules(paths: list[Path]) -> dict[str, Any]:
+    """A runtime environment that puts the files `paths` on every actor's sys.path, on any node
+    (uploaded to the cluster here, as `ray.init` does for a job; actors get their gcs:// URIs)."""
     from ray._private.runtime_env.py_modules import upload_py_modules_if_needed
 
     node = ray._private.worker.global_worker.node
     scratch = node.get_runtime_env_dir_path() if node is not None else None
     return upload_py_modules_if_needed(
-        {"py_modules": [str(path)]}, include_gitignore=False, scratch_dir=scratch
+        {"py_modules": [str(path) for path in paths]}, include_gitignore=False, scratch_dir=scratch
     )
 
 

@@ -22,10 +22,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sglr_ray.atomic import atomic_path
-from sglr_ray.data import FMNIST_MEAN, FMNIST_STD
+from sglr_ray.data import FASHION, InputCodec
 from sglr_ray.nodes.models import seeded
 
-IMAGE_SIZE = 28  # what a client holds; models see it zero-padded to 32x32
+IMAGE_SIZE = 28  # what a Fashion-MNIST client holds; models see it zero-padded to 32x32
 
 _CHUNK = 256  # inference batch size: bounds memory without slowing anything down
 
@@ -118,30 +118,45 @@ def distance_correlation(x: Tensor, y: Tensor) -> float:
 # --- the attack --------------------------------------------------------------------
 
 
-def build_decoder() -> nn.Module:
-    """Decoder: smashed data (n, 32, 16, 16) -> images (n, 1, 32, 32) in [0, 1].
+def build_decoder(
+    smashed_shape: tuple[int, ...] = (32, 16, 16), input_shape: tuple[int, ...] = (1, 32, 32)
+) -> nn.Module:
+    """Decoder: smashed data (n, *smashed_shape) -> inputs (n, *input_shape) in [0, 1].
 
-    Deliberately small (14,452 parameters): enough to invert a shallow bottom
-    model, cheap enough to train on thousands of images in seconds on a couple
-    of CPU cores. A stronger attacker could only leak more, so the numbers are
-    a lower bound on the leakage.
+    Image-like smashed data (C, H, W) whose size divides the input's by an integer r
+    gets convolutions at its own resolution and a sub-pixel upsampling by r (on CPU
+    several times faster than a transposed convolution); for the paper's 32x16x16
+    cut of 1x32x32 images that is 14,452 parameters. Anything else (a flat feature
+    vector, a tabular input) gets two fully connected layers. Deliberately small:
+    cheap to train on thousands of samples in seconds on a couple of CPU cores. A
+    stronger attacker could only leak more, so the numbers are a lower bound.
     """
+    if len(smashed_shape) == 3 and len(input_shape) == 3:
+        (c_s, h_s, w_s), (c_in, h_in, w_in) = smashed_shape, input_shape
+        r = h_in // h_s
+        if r >= 1 and h_in == r * h_s and w_in == r * w_s:
+            return nn.Sequential(
+                nn.Conv2d(c_s, 32, kernel_size=3, padding=1),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(32, 16, kernel_size=3, padding=1),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(16, c_in * r * r, kernel_size=3, padding=1),  # c_in * r * r -> r x r pixels
+                nn.PixelShuffle(r),
+                nn.Sigmoid(),  # inputs live in [0, 1] once mapped there (InputCodec.to_unit_range)
+            )
     return nn.Sequential(
-        nn.Conv2d(32, 32, kernel_size=3, padding=1),
+        nn.Flatten(),
+        nn.Linear(math.prod(smashed_shape), 256),
         nn.ReLU(inplace=True),
-        nn.Conv2d(32, 16, kernel_size=3, padding=1),
-        nn.ReLU(inplace=True),
-        # Upsample 16x16 -> 32x32 by sub-pixel convolution (4 channels -> 2x2 pixels):
-        # on CPU this is several times faster than a transposed convolution.
-        nn.Conv2d(16, 4, kernel_size=3, padding=1),
-        nn.PixelShuffle(2),
-        nn.Sigmoid(),  # images live in [0, 1]
+        nn.Linear(256, math.prod(input_shape)),
+        nn.Unflatten(1, tuple(input_shape)),
+        nn.Sigmoid(),
     )
 
 
-def to_unit_range(x_model_input: Tensor) -> Tensor:
-    """Undo data.to_model_input's normalisation: (n, 1, 32, 32) model inputs -> [0, 1] images."""
-    return (x_model_input * FMNIST_STD + FMNIST_MEAN).clamp_(0.0, 1.0)
+def to_unit_range(x_model_input: Tensor, codec: InputCodec = FASHION) -> Tensor:
+    """Undo the dataset's normalisation: model inputs -> [0, 1] (InputCodec.to_unit_range)."""
+    return codec.to_unit_range(x_model_input)
 
 
 @torch.no_grad()
@@ -162,10 +177,11 @@ def train_decoder(
     batch_size: int = 64,
     lr: float = 1e-3,
     seed: int = 0,
+    codec: InputCodec = FASHION,
 ) -> nn.Module:
     """Train a decoder against a frozen bottom model with the server's auxiliary images.
 
-    aux_inputs: normalised model inputs (n, 1, 32, 32). The bottom model is only
+    aux_inputs: normalised model inputs (n, *input_shape). The bottom model is only
     queried (eval mode, no gradients) and is left unchanged. Targets are the
     aux images on [0, 1]; loss is MSE; optimiser Adam. Deterministic in `seed`
     and leaves the global torch RNG untouched. Returns the decoder in eval mode.
@@ -173,8 +189,9 @@ def train_decoder(
     # The bottom is frozen, so its outputs never change: smash the aux set once
     # instead of once per epoch.
     smashed = _apply(bottom, aux_inputs)
-    targets = to_unit_range(aux_inputs)
-    decoder = seeded(build_decoder, seed)  # own RNG stream: the global one stays as it was
+    targets = to_unit_range(aux_inputs, codec)
+    shapes = (tuple(smashed.shape[1:]), tuple(aux_inputs.shape[1:]))
+    decoder = seeded(lambda: build_decoder(*shapes), seed)  # own RNG stream: the global one stays
     optimiser = torch.optim.Adam(decoder.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
     decoder.train()
@@ -204,10 +221,9 @@ class LeakageResult:
         return asdict(self)
 
 
-def crop_to_client_image(images: Tensor) -> Tensor:
-    """(n, 1, 32, 32) model-sized images -> the (n, 1, 28, 28) image inside the padding."""
-    pad = (images.shape[-1] - IMAGE_SIZE) // 2
-    return images[..., pad : pad + IMAGE_SIZE, pad : pad + IMAGE_SIZE]
+def crop_to_client_image(images: Tensor, codec: InputCodec = FASHION) -> Tensor:
+    """Model-sized images -> what the client holds (Fashion-MNIST: the 28x28 inside the padding)."""
+    return codec.client_view(images)
 
 
 def measure_leakage(
@@ -218,6 +234,7 @@ def measure_leakage(
     epochs: int = 5,
     seed: int = 0,
     dcor_samples: int = 500,
+    codec: InputCodec = FASHION,
 ) -> tuple[LeakageResult, Tensor, Tensor]:
     """Attack one client's bottom model and measure how much its smashed data leaks.
 
@@ -229,19 +246,20 @@ def measure_leakage(
     is computed on the first `dcor_samples` targets (it needs O(n^2) memory).
     Returns (result, originals on [0, 1], reconstructions on [0, 1]).
     """
-    decoder = train_decoder(bottom, aux_inputs, epochs=epochs, seed=seed)
+    decoder = train_decoder(bottom, aux_inputs, epochs=epochs, seed=seed, codec=codec)
     smashed = _apply(bottom, target_inputs)
     # Scored on the 28x28 image the client holds: the 2-pixel padding is not the client's
     # data, and a decoder reproduces its constant value easily, which would flatter it.
-    reconstructions = crop_to_client_image(_apply(decoder, smashed))
-    originals = crop_to_client_image(to_unit_range(target_inputs))
+    reconstructions = crop_to_client_image(_apply(decoder, smashed), codec)
+    originals = crop_to_client_image(to_unit_range(target_inputs, codec), codec)
+    images = originals.dim() == 4 and min(originals.shape[-2:]) >= 11  # SSIM's 11x11 window fits
     k = min(dcor_samples, len(target_inputs))
     result = LeakageResult(
         client_id=client_id,
         samples=len(target_inputs),
         mse=mse(originals, reconstructions),
         psnr=psnr(originals, reconstructions),
-        ssim=ssim(originals, reconstructions),
+        ssim=ssim(originals, reconstructions) if images else math.nan,
         # Normalisation is affine, and distance correlation is invariant to it.
         distance_correlation=distance_correlation(target_inputs[:k], smashed[:k]),
     )
@@ -255,6 +273,8 @@ def grid_png(originals: Tensor, reconstructions: Tensor, count: int = 8) -> byte
 
     count = min(count, len(originals), len(reconstructions))
     grid = torch.cat([originals[:count], reconstructions[:count]]).detach().cpu()
+    if grid.dim() != 4:  # not images (a tabular input): each sample as one row of pixels
+        grid = grid.reshape(len(grid), 1, 1, -1)
     buffer = io.BytesIO()
     save_image(grid, buffer, nrow=count, format="png")
     return buffer.getvalue()

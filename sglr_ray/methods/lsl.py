@@ -43,8 +43,13 @@ class LocalLossClient(ClientRole):
     forward_share = 1.0  # the whole local step comes before the upload; nothing after it
 
     def build_client(self, parts: Parts) -> nn.Module:
-        head = parts.seeded(lambda: auxiliary_head(parts.smashed_shape, parts.num_classes), AUX_SALT)
-        return nn.ModuleDict({"bottom": parts.bottom(), "aux": head})
+        def head() -> nn.Module:
+            # Drawn after a bottom's worth of draws from seed + 2: the smashed shape used to be
+            # measured on a bottom built there, and recorded runs keep their numbers.
+            parts.draw_bottom()
+            return auxiliary_head(parts.smashed_shape, parts.num_classes)
+
+        return nn.ModuleDict({"bottom": parts.bottom(), "aux": parts.seeded(head, AUX_SALT)})
 
     def forward(self, model: nn.Module, optimizer: torch.optim.Optimizer, x, y, ctx: StepContext):
         smashed = model["bottom"](x)

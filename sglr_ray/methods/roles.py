@@ -10,7 +10,8 @@ methods/lsl.py (a local auxiliary loss) and methods/usl.py (a client-side
 tail) are roles of their own.
 
 `parts` is nodes.models.ModelParts: `bottom()` and `top()` build the split
-model's halves with the run's seeds, `seeded(build, salt)` builds anything
+model's halves with the run's seeds (`middle()` and `tail()` the top's two
+parts where the model is cut twice), `seeded(build, salt)` builds anything
 else reproducibly, `smashed_shape` and `num_classes` describe the cut.
 """
 
@@ -52,6 +53,7 @@ class ClientRole:
     # Of a client's FLOPs per sample, the share spent before its upload (the virtual clock's
     # forward): a bottom's step is its forward and its weight gradient, about equal in FLOPs.
     forward_share = 0.5
+    cut_points = 1  # places the model is cut (--cut K); U-shaped methods cut twice (K1,K2)
 
     def build_client(self, parts: Parts) -> nn.Module:
         return parts.bottom()

@@ -18,7 +18,8 @@ Labels and logits never leave a client. The byte ledger counts both cut points
 in both directions: a_i and dL_i/dz_i up, z_i and G_i down. SplitLr (--alpha)
 sets the middle's learning rate. Every client's tail and the server's middle
 are cut from one top model drawn from the run's seed + 1, so the clients start
-equal, as in every split method here. The top must be an nn.Sequential.
+equal, as in every split method here. `--cut K1,K2` says where the head ends
+and where the tail starts (default: the model's cut, and its last child).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from sglr_ray.methods.roles import ClientRole, Parts, StepContext
 from sglr_ray.methods.schedules import Engine, FlopCounts, Parallel
 from sglr_ray.methods.sglr import split_avg
 
-TAIL_LAYERS = 1  # the top model's last child (the classifier) runs on the clients
+TAIL_LAYERS = 1  # by default the model's last child (the classifier) is the tail (--cut K1,K2)
 
 
 def nbytes(tensor: torch.Tensor) -> int:
@@ -46,12 +47,13 @@ class UShapedClient(ClientRole):
 
     sends_labels = False
     grouped = False
+    cut_points = 2  # head | middle | tail
 
     def build_client(self, parts: Parts) -> nn.Module:
-        return nn.ModuleDict({"head": parts.bottom(), "tail": parts.top()[-TAIL_LAYERS:]})
+        return nn.ModuleDict({"head": parts.bottom(), "tail": parts.tail()})
 
     def build_server(self, parts: Parts) -> nn.Module | None:
-        return parts.top()[:-TAIL_LAYERS]
+        return parts.middle()
 
     def forward(self, model: nn.Module, optimizer: torch.optim.Optimizer, x, y, ctx: StepContext):
         activations = model["head"](x)
@@ -87,7 +89,7 @@ def middle_forward(server, epoch: int, step: int, *uploads) -> tuple:
     server.set_epoch_lr(epoch)
     server.account_uploads(uploads)
     activations = batch.smashed.requires_grad_(True)
-    with server.autocast():
+    with server.autocast(), server.randomness(epoch, step):
         outputs = server.tops[0](activations)
     server.scratch["usl"] = (uploads, batch, activations, outputs)
     sent = outputs.detach().cpu()
@@ -166,7 +168,7 @@ class UShapedSchedule(Parallel):
     def epoch_flops(self, config: RunConfig, flops: FlopCounts) -> tuple[int, int]:
         """Client: the head's step and the tail's (with dL/dz); server: the middle's (with dL/da)."""
         parts, b = flops.parts, config.batch_size
-        middle, tail = UShapedClient().build_server(parts), parts.top()[-TAIL_LAYERS:]
+        middle, tail = parts.middle(), parts.tail()
         with torch.no_grad():
             middle_out = tuple(middle.eval()(torch.zeros(2, *parts.smashed_shape)).shape[1:])
         client = flops.bottom(b) + flops.step(tail, middle_out, b, input_grad=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from sglr_ray.data import ImageSet, epoch_order, to_model_input
+from sglr_ray.data import FASHION, ImageSet, InputCodec, epoch_order
 from sglr_ray.nodes.specs import NodeSettings
 
 
@@ -34,7 +34,7 @@ class BatchDrawer:
             self._orders[client_id] = cached
         start, count = self.rows(client_id, epoch, step)
         index = cached[1][start : start + count].numpy()
-        x = to_model_input(data.images[index]).to(self.device)
+        x = data.inputs(index).to(self.device)
         return x, torch.from_numpy(data.labels[index])
 
     def rows(self, client_id: int, epoch: int, step: int) -> tuple[int, int]:
@@ -49,10 +49,16 @@ class BatchDrawer:
         return int(starts[step, client_id]), int(plan[step, client_id])
 
     def stacked_batch(
-        self, client_ids: list[int], images: np.ndarray, labels: np.ndarray, epoch: int, step: int
+        self,
+        client_ids: list[int],
+        images: np.ndarray,
+        labels: np.ndarray,
+        epoch: int,
+        step: int,
+        codec: InputCodec = FASHION,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Every client's `batch` at once from stacked partitions (K, n, ...), all of size n:
-        inputs (K, b, 1, 32, 32) and labels (K*b,)."""
+        inputs (K, b, *input_shape) and labels (K*b,)."""
         if self._stacked_orders is None or self._stacked_orders[0] != epoch:
             n = images.shape[1]
             orders = [epoch_order(self.config.seed, client_id, epoch, n) for client_id in client_ids]
@@ -60,6 +66,6 @@ class BatchDrawer:
         b = self.config.batch_size
         index = self._stacked_orders[1][:, step * b : (step + 1) * b]
         rows = np.arange(len(client_ids))[:, None]
-        x = to_model_input(images[rows, index].reshape(-1, *images.shape[2:])).to(self.device)
+        x = codec(images[rows, index].reshape(-1, *images.shape[2:])).to(self.device)
         y = torch.from_numpy(labels[rows, index].reshape(-1))
         return x.reshape(len(client_ids), b, *x.shape[1:]), y

@@ -35,7 +35,7 @@ from sglr_ray.methods.roles import StepContext
 from sglr_ray.nodes.batches import BatchDrawer
 from sglr_ray.nodes.codec import parse_codec
 from sglr_ray.nodes.grouped import GroupedBottoms, groupable
-from sglr_ray.nodes.models import ModelParts, smashed_shape, state_nbytes, weights_copy
+from sglr_ray.nodes.models import has_randomness, state_nbytes, step_randomness, weights_copy
 from sglr_ray.nodes.optim import (
     LrSchedule,
     autocast,
@@ -86,7 +86,7 @@ class ClientShard:
         self.config = config
         self.device = torch.device(device)
         self.role = config.spec.client  # what a client holds and does (methods/roles.py)
-        self._parts = ModelParts(config.model, config.seed)
+        self._parts = config.model_parts
         # FL: the clients share one working model, trained in turn from the global weights.
         self._one_model = self.role.whole_model and config.spec.averages_clients
         self._resets = config.resets_client_optimizers  # --client-optimizer-state
@@ -107,9 +107,10 @@ class ClientShard:
         self._pending: list[tuple[Client, torch.Tensor]] | torch.Tensor | None = None
         self._batches = BatchDrawer(config, self.device)
         self._schedule = LrSchedule.parse(config.lr_schedule)
-        self._smashed_shape = smashed_shape(config.model)
+        self._smashed_shape = self._parts.smashed_shape
         self._codec = parse_codec(config.compress)  # what the server decodes of each upload
         self._grouped = self._make_group() if group else None
+        self._draws = has_randomness(self.clients[0].model)  # dropout: masks seeded per step
 
     def _make_group(self) -> GroupedBottoms | None:
         """The clients as one grouped model (nodes/grouped.py), where every step has every client
@@ -127,7 +128,7 @@ class ClientShard:
         images = np.stack([c.data.images for c in self.clients])
         labels = np.stack([c.data.labels for c in self.clients])
         for k, client in enumerate(self.clients):
-            client.data = ImageSet(images[k], labels[k])
+            client.data = ImageSet(images[k], labels[k], client.data.codec)
         self._stacked = (images, labels)
         return GroupedBottoms(
             [c.model for c in self.clients], [c.optimizer for c in self.clients],
@@ -191,6 +192,10 @@ class ClientShard:
         """The run's autocast context (--precision)."""
         return self._autocast()
 
+    def _randomness(self, client: Client, epoch: int, step: int) -> Any:
+        """A client's random draws in a step (dropout) seeded by (seed, client, epoch, step)."""
+        return step_randomness(self._draws, self.device, self.config.seed, client.client_id, epoch, step)
+
     def _batch(self, client: Client, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """A client's inputs and labels for (epoch, step) (nodes/batches.py)."""
         return self._batches.batch(client.client_id, client.data, epoch, step)
@@ -212,7 +217,7 @@ class ClientShard:
             x, y = self._batch(client, epoch, step)
             if len(y) == 0:  # a batch plan gave this client nothing this step
                 continue
-            with self._autocast():
+            with self._autocast(), self._randomness(client, epoch, step):
                 ctx = StepContext(self.config.seed, client.client_id, epoch, step)
                 upload, kept = self.role.forward(client.model, client.optimizer, x, y.to(self.device), ctx)
             self._pending.append((client, kept))  # keeps the graph for apply_gradient
@@ -234,7 +239,9 @@ class ClientShard:
         if not self._grouped.in_sync(models, optimizers):  # a reset, or a client model replaced
             self._grouped.gather(models, optimizers)
         set_lr(self._grouped.optimizer, self.clients[0].optimizer.param_groups[0]["lr"])
-        x, y = self._batches.stacked_batch(self.client_ids, *self._stacked, epoch, step)
+        x, y = self._batches.stacked_batch(
+            self.client_ids, *self._stacked, epoch, step, self.clients[0].data.codec
+        )
         with self._autocast():
             s = self._grouped.forward(x)
         self._pending = s  # keeps the graph for apply_gradient
@@ -298,7 +305,7 @@ class ClientShard:
             for local_epoch in range(epoch * passes, (epoch + 1) * passes):
                 for step in range(steps):
                     x, y = self._batch(client, local_epoch, step)
-                    with self._autocast():
+                    with self._autocast(), self._randomness(client, local_epoch, step):
                         loss = classification_loss(client.model(x), y.to(self.device), self.config.loss)
                     client.optimizer.zero_grad(set_to_none=True)
                     loss.backward()
@@ -417,14 +424,14 @@ class ClientShard:
         The server's weights come to the shard (a measurement shortcut of the
         simulator, not part of the protocol): evaluation images never leave it.
         """
-        images, labels = self.eval_sets[split].images, torch.from_numpy(self.eval_sets[split].labels)
+        images, labels = self.eval_sets[split], torch.from_numpy(self.eval_sets[split].labels)
         server_model = self._eval_top
         if server_model is not None:
             server_model.load_state_dict(top_state)
         scores = {}
         for client in self._select(client_ids):
             part = slice(None) if whole else eval_slice(len(labels), self.config.clients, client.client_id)
-            x, y = images[part], labels[part]
+            x, y = images.subset(part), labels[part]
             first, second = self.role.eval_pair(client.model, server_model)
             correct = count_correct(first, second, x, y, self.device, self._autocast)
             scores[client.client_id] = (correct, len(y))

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from sglr_ray.methods.aggregate import fedavg, weighted_state_sum
 from sglr_ray.methods.base import ServerBatch
 from sglr_ray.nodes.codec import parse_codec
-from sglr_ray.nodes.models import ModelParts, weights_copy
+from sglr_ray.nodes.models import SERVER_STREAM, has_randomness, step_randomness, weights_copy
 from sglr_ray.nodes.optim import LrSchedule, autocast, classification_loss, make_optimizer, set_lr
 from sglr_ray.nodes.protocol import GradientDelivery, ModelUpload, SmashedBatch, StepMetrics, tensor_nbytes
 from sglr_ray.nodes.specs import NodeSettings
@@ -91,7 +92,7 @@ class Server:
         # server, free of an optimizer, whose first construction imports torch._dynamo and
         # Triton (about 160 MB resident in every process that does it).
         self.tops: list[torch.nn.Module] = []
-        first = self.spec.client.build_server(ModelParts(config.model, config.seed))
+        first = self.spec.client.build_server(config.model_parts)
         if first is not None:
             # Copies (SFLv1's) start equal: one initial top model, as if handed out by one server.
             first = first.to(self.device)
@@ -104,6 +105,7 @@ class Server:
         self.ledger = CommLedger(config.clients)
         self._lr = config.server_lr
         self.scratch: dict = {}  # a method's own state between its calls in one step (methods/usl.py)
+        self._draws = any(has_randomness(t) for t in self.tops)  # dropout: masks seeded per step
         self.codec = parse_codec(config.compress)  # how gradients go down, and smashed data came up
         self.timing: Timing | None = None  # the virtual clock's inputs (use_timing); deadlines read it
 
@@ -154,7 +156,8 @@ class Server:
         if not any(u.client_ids for u in in_time):  # nobody in time: the server has nothing to step on
             return self.deliver({}, uploads, 0.0, epoch, step, late)
         batch = self.gather(tuple(u for u in in_time if u.client_ids))
-        loss, grads = self.spec.server_step(self, batch, epoch, step)
+        with self.randomness(epoch, step):
+            loss, grads = self.spec.server_step(self, batch, epoch, step)
         return self.deliver(grads, uploads, loss, epoch, step, late)
 
     def late_clients(self, uploads: tuple[SmashedBatch, ...]) -> list[int]:
@@ -169,6 +172,10 @@ class Server:
             )
         }
         return missed_deadline(self.timing, arrivals)
+
+    def randomness(self, epoch: int, step: int) -> Any:
+        """The server's random draws in a step (dropout) seeded by (seed, SERVER_STREAM, epoch, step)."""
+        return step_randomness(self._draws, self.device, self.config.seed, SERVER_STREAM, epoch, step)
 
     def gather(self, uploads: tuple[SmashedBatch, ...]) -> ServerBatch:
         """One iteration's uploads, concatenated on the server's device (the server's work)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from sglr_ray.methods.base import Method
+from sglr_ray.nodes.models import ModelParts
 
 
 class NodeSettings(Protocol):
@@ -30,6 +31,9 @@ class NodeSettings(Protocol):
     loss: str  # --loss: the training loss of the split and whole models
     deadline_s: float  # --deadline-s: late uploads are dropped (0: none)
     compress: str  # --compress: how smashed data and gradients are sent (nodes/codec.py)
+
+    @property
+    def model_parts(self) -> ModelParts: ...  # the model, its cut, the input shape and classes
 
     @property
     def server_lr(self) -> float: ...

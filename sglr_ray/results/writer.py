@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from sglr_ray.atomic import atomic_path
 from sglr_ray.config import ConfigError, RunConfig, config_fields, setting_type
+from sglr_ray.declared import identity_name
 from sglr_ray.measure import energy
 from sglr_ray.measure.comm import comm_time_s
 from sglr_ray.results.storage import Storage, join_run
@@ -42,6 +43,7 @@ RUNS_SCHEMA = pa.schema([
     ("run_id", pa.string()), *SETTINGS_COLUMNS,
     ("run_key", pa.string()), ("cell_key", pa.string()),
     ("val_set_digest", pa.string()), ("test_set_digest", pa.string()), ("server_lr", pa.float64()),
+    ("input_shape", pa.string()), ("num_classes", pa.int64()),
     ("epochs_done", pa.int64()), ("final_test_acc", pa.float64()), ("wall_s", pa.float64()),
     ("client_pflops_mean", pa.float64()), ("server_pflops", pa.float64()),
     ("bytes_per_client_mean", pa.float64()), ("energy_source", pa.string()), ("energy_j", pa.float64()),
@@ -82,8 +84,8 @@ TABLES = {"runs": RUNS_SCHEMA, "epochs": EPOCHS_SCHEMA, "clients": CLIENTS_SCHEM
 
 def readable_name(config: RunConfig) -> str:
     """Method, model, clients and seed, for people; a file name's safe characters only."""
-    method = Path(config.method.rpartition(":")[2]).name  # FILE.py:NAME -> NAME
-    return f"{method}-{config.model}-c{config.clients}-s{config.seed}"
+    method, model = (Path(spec.rpartition(":")[2]).name for spec in (config.method, config.model))
+    return f"{method}-{model}-c{config.clients}-s{config.seed}"  # FILE.py:NAME -> NAME
 
 
 def make_run_id(config: RunConfig) -> str:
@@ -166,6 +168,11 @@ class ResultsWriter:
             **config.to_dict(), "run_id": run_id, "run_key": config.run_key, "cell_key": config.cell_key,
             "val_set_digest": data.val_digest, "test_set_digest": data.test_digest,
             "server_lr": config.server_lr, "epochs_done": 0,
+            # The cut as run (--cut's default resolved), and the data's shape, e.g. "3x32x32".
+            "cut": config.resolved_cut, "num_classes": data.num_classes,
+            # As the run's identity names them (a file's with its hash): analysis recomputes run keys.
+            "model": config.model_identity, "dataset": identity_name(config.dataset),
+            "input_shape": "x".join(map(str, data.input_shape)),
             "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "code_version": code_version(), "machine": machine(), "config_json": config.to_json(),
             "status": "running", "schema_version": SCHEMA_VERSION,

@@ -23,7 +23,7 @@ BAD_SETTINGS = [
     ({"method": "splitfedx"}, "--method 'splitfedx' is unknown"),
     ({"method": "nofile.py:sgm"}, "--method 'nofile.py:sgm': no file 'nofile.py'"),
     ({"model": "vgg11"}, "--model 'vgg11' is unknown"),
-    ({"dataset": "cifar10"}, "--dataset 'cifar10' is unknown"),
+    ({"dataset": "imagenet"}, "--dataset 'imagenet' is unknown"),
     ({"clients": 51}, "--clients 51 x --samples-per-client 1000 = 51000 samples"),
     ({"batch_size": 2000}, "--batch-size 2000 is larger than a client's partition"),
     ({"phase": "middle:0.4"}, "--phase 'middle:0.4' is malformed"),
