@@ -25,8 +25,8 @@ from sglr_ray.privacy.defenses.noise import GaussianNoise
 from sglr_ray.privacy.defenses.nopeek import NoPeek
 from sglr_ray.settings import ConfigError
 
-__all__ = ["ATTACKS", "DEFENSES", "Attack", "Defense", "Evidence", "check", "install", "parse_attacks",
-           "parse_defense"]  # fmt: skip
+__all__ = ["ATTACKS", "DEFENSES", "Attack", "DefendedRole", "Defense", "Evidence", "check", "install",
+           "parse_attacks", "parse_defense"]  # fmt: skip
 
 ATTACKS: dict[str, Attack] = {a.name: a for a in (INVERSION, LABEL)}
 DEFENSES: dict[str, type[Defense]] = {d.name: d for d in (GaussianNoise, NoPeek, LabelRR)}
