@@ -30,6 +30,9 @@ from sglr_ray.methods.sglr import split_lr
 from sglr_ray.nodes.codec import parse_codec
 from sglr_ray.nodes.models import ModelError, ModelParts, declaration, resolve_cut
 from sglr_ray.nodes.optim import LrSchedule
+from sglr_ray.privacy import check as check_privacy
+from sglr_ray.privacy import install as install_privacy
+from sglr_ray.privacy import parse_attacks
 from sglr_ray.settings import ConfigError, MethodOption, checked_value, flag, setting
 from sglr_ray.systems.devices import DeviceProfiles, load_profiles
 
@@ -134,6 +137,14 @@ class RunConfig:
         5000, "training images no client holds, used by the server to train its decoder", low=1
     )
     leakage_epochs: int = setting(5, "decoder training epochs", low=1)
+    attack: str = setting(
+        "", "privacy attacks after (fsha: during) training, comma-separated: inversion, fsha, label, "
+        "broadcast; the target is --leakage-client (docs/guides/privacy.md)", absent_means="",
+    )  # fmt: skip
+    defense: str = setting(
+        "", "a privacy defense on every client, NAME:PARAM: noise:SIGMA, nopeek:LAMBDA, label-rr:EPSILON",
+        absent_means="",
+    )  # fmt: skip
     joules_per_flop: float = setting(
         2.05e-11, "compute energy model: joules per FLOP (A100 FP32 datasheet figure)", low=0, low_open=True
     )
@@ -246,8 +257,10 @@ class RunConfig:
         self._check_model_and_dataset()
         self._check_sizes()
         self._check_systems(method)
-        if self.leakage:
-            self._check_leakage(method)
+        check_privacy(self.attack, self.defense, method, self.method)
+        if self.leakage or self.attack:
+            uses_aux = self.leakage or any(a.uses_aux for a in parse_attacks(self.attack))
+            self._check_leakage(method, aux=uses_aux)
 
     def _check_method_settings(self, method: Method) -> None:
         """A setting that only some methods read must stay at its default for the others."""
@@ -342,12 +355,12 @@ class RunConfig:
             self.server_flops_per_s, self.server_link_bps,
         )  # fmt: skip
 
-    def _check_leakage(self, method: Method) -> None:
+    def _check_leakage(self, method: Method, aux: bool) -> None:
         if not method.client.sends_smashed:
             raise ConfigError(f"--leakage needs smashed data; --method {self.method} sends none")
         if self.leakage_client >= self.clients:
             raise ConfigError(f"--leakage-client {self.leakage_client} must be in [0, {self.clients - 1}]")
-        if self.dataset not in DATASETS:
+        if not aux or self.dataset not in DATASETS:
             return
         meta = DATASETS[self.dataset]
         spare = meta.train_pool - self.clients * self.samples_per_client
@@ -361,8 +374,9 @@ class RunConfig:
 
     @property
     def spec(self) -> Method:
-        """The method's declaration (methods/)."""
-        return get_method(self.method)
+        """The method's declaration (methods/), with the run's privacy defense and attack hooks."""
+        method = get_method(self.method)
+        return install_privacy(method, self) if self.attack or self.defense else method
 
     @functools.cached_property
     def dataset_shape(self) -> tuple[tuple[int, ...], int]:

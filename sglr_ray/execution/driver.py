@@ -186,6 +186,10 @@ def run_experiment(
                 on_epoch(result)
         if config.leakage:
             writer.record_leakage(*attack_client(ex, config, data))
+        if config.attack or config.defense:
+            from sglr_ray.execution.attacks import run_attacks
+
+            writer.record_privacy(run_attacks(ex, config, data))
         final = writer.epoch_rows[-1]["test_acc"]
         writer.finish(
             "completed", final_test_acc=final, wall_s=elapsed_before + time.perf_counter() - started

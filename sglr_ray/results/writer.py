@@ -79,6 +79,10 @@ LEAKAGE_SCHEMA = pa.schema([
     ("mse", pa.float64()), ("psnr", pa.float64()), ("ssim", pa.float64()),
     ("distance_correlation", pa.float64()),
 ])  # fmt: skip
+PRIVACY_SCHEMA = pa.schema([
+    ("run_id", pa.string()), ("attack", pa.string()), ("client_id", pa.int64()),
+    ("metric", pa.string()), ("value", pa.float64()),
+])  # fmt: skip
 TABLES = {"runs": RUNS_SCHEMA, "epochs": EPOCHS_SCHEMA, "clients": CLIENTS_SCHEMA}
 
 
@@ -275,6 +279,13 @@ class ResultsWriter:
         self.store.write_table([row], LEAKAGE_SCHEMA, table)
         self.store.write_bytes(f"leakage_images/{self.run_id}.png", grid_png(originals, reconstructions))
         self.paths["leakage"] = self.store.display(table)
+
+    def record_privacy(self, rows: list[dict[str, Any]]) -> None:
+        """`<out>/privacy/<run_id>.parquet`: one row per (attack, client, metric) of a run with
+        --attack (privacy/), and a defense's accountant's figures as attack `accounting`."""
+        table = f"privacy/{self.run_id}.parquet"
+        self.store.write_table([{"run_id": self.run_id, **r} for r in rows], PRIVACY_SCHEMA, table)
+        self.paths["privacy"] = self.store.display(table)
 
     def finish(self, status: str, final_test_acc: float | None, wall_s: float) -> None:
         self.run_row.update(status=status, final_test_acc=final_test_acc, wall_s=wall_s)

@@ -60,6 +60,7 @@ def test_a_resolved_choice_and_its_explicit_value_are_one_run():
 def test_a_setting_added_later_keeps_older_runs_keys_at_the_value_they_ran_with():
     # Runs recorded before client_optimizer_state existed kept every client's optimizer: their
     # run_key hashed the identity without the setting. At "keep" the key must still be that one.
+    # (Settings added after it, such as attack and defense, are left out at their absent values.)
     config = RunConfig(**BASE, method="fl", client_optimizer_state="keep")
     # Settings added later still (loss, split_gradient, ...) are at their absent values here too.
     later = {f.name for f in config_fields() if f.metadata["absent_means"] is not None}

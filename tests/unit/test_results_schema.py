@@ -28,7 +28,7 @@ def documented(table: str) -> set[str]:
 @pytest.mark.parametrize(
     ("table", "schema"),
     [("runs", writer.RUNS_SCHEMA), ("epochs", writer.EPOCHS_SCHEMA), ("clients", writer.CLIENTS_SCHEMA),
-     ("leakage", writer.LEAKAGE_SCHEMA)],
+     ("leakage", writer.LEAKAGE_SCHEMA), ("privacy", writer.PRIVACY_SCHEMA)],
 )  # fmt: skip
 def test_every_written_column_is_documented(table, schema):
     own = set(schema.names) - (SETTINGS if table == "runs" else set())

@@ -1,0 +1,136 @@
+"""The privacy suite (sglr_ray/privacy/): bad input refused before work, the defenses' math, and
+small real runs that show each attack and defense doing what it claims."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from sglr_ray import cli, privacy
+from sglr_ray.execution import driver
+from sglr_ray.execution.driver import run_experiment
+from sglr_ray.methods.roles import StepContext
+from sglr_ray.privacy.attacks.label import auc, direction_attack
+from sglr_ray.privacy.defenses.label_rr import randomized_response
+from sglr_ray.privacy.defenses.noise import CLIP_NORM, GaussianNoise, clip_rows
+from sglr_ray.privacy.defenses.nopeek import with_extra_loss
+from sglr_ray.privacy.metrics import distance_correlation, distance_correlation_loss, ssim
+
+BAD = [
+    (["--attack", "sniff"], "--attack 'sniff' is unknown"),
+    (["--defense", "blur:1"], "--defense 'blur' is unknown"),
+    (["--defense", "noise:-1"], "--defense 'noise:-1': sigma must be >= 0"),
+    (["--defense", "label-rr:0", "--method", "usl"], "epsilon must be > 0"),
+    (["--defense", "noise:x"], "write noise:SIGMA"),
+    (["--attack", "label", "--method", "psl"], "--attack label does not apply to --method psl"),
+    (["--defense", "label-rr:1", "--method", "sglr"], "--defense label-rr does not apply to --method sglr"),
+    (["--attack", "inversion", "--method", "fl"], "--attack inversion does not apply to --method fl"),
+]
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("work started despite bad input")
+
+    monkeypatch.setattr(driver, "prepare_data", forbidden)
+    monkeypatch.setattr(driver, "make_executor", forbidden)
+
+
+@pytest.mark.parametrize("flags, message", BAD, ids=[" ".join(f) for f, _ in BAD])
+def test_bad_attack_or_defense_is_one_line_exit_2_before_work(flags, message, capsys, no_work, tmp_path):
+    assert cli.main(["run", "--out", str(tmp_path / "out"), *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_the_defense_wraps_the_methods_role_and_no_defense_leaves_it(tiny_config):
+    from sglr_ray.methods import METHODS
+
+    assert tiny_config(method="usl").spec is METHODS["usl"]
+    defended = tiny_config(method="usl", defense="label-rr:1").spec.client
+    assert isinstance(defended, privacy.DefendedRole) and defended.inner is METHODS["usl"].client
+    assert not defended.grouped and not defended.sends_labels
+
+
+def test_ssim_and_dcor_agree_with_the_hand_written_ones_they_replace():
+    from sglr_ray.measure import leakage
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 1, 28, 28, generator=generator)
+    y = (x + 0.1 * torch.randn(x.shape, generator=generator)).clamp(0, 1)
+    assert ssim(x, y) == pytest.approx(leakage.ssim(x, y), abs=5e-3)
+    a = torch.randn(50, 20, generator=generator)
+    b = a @ torch.randn(20, 7, generator=generator)
+    assert distance_correlation(a, b) == pytest.approx(leakage.distance_correlation(a, b), abs=1e-6)
+
+
+def test_clipping_bounds_every_row_and_leaves_short_rows_alone():
+    s = torch.cat([torch.full((1, 4), 100.0), torch.full((1, 4), 0.1)])
+    clipped = clip_rows(s, CLIP_NORM)
+    assert clipped[0].norm() == pytest.approx(CLIP_NORM) and torch.equal(clipped[1], s[1])
+
+
+def test_noise_is_seeded_by_the_step_context():
+    noise, s = GaussianNoise(0.5), torch.ones(3, 8)
+    draw = [noise.smashed(s, s, StepContext(0, c, 0, 0).generator()) for c in (1, 1, 2)]
+    assert torch.equal(draw[0], draw[1]) and not torch.equal(draw[0], draw[2])
+
+
+def test_nopeek_adds_the_gradient_of_its_loss_to_the_uploads():
+    w = torch.randn(5, 3, requires_grad=True)
+    x = torch.randn(16, 5)
+    received = torch.randn(16, 3)
+    (x @ w).backward(received)
+    plain = w.grad.clone()
+    w.grad = None
+    s = x @ w
+    with_extra_loss(s, 2.0 * distance_correlation_loss(x, s)).backward(received)
+    w_ref = w.detach().clone().requires_grad_(True)
+    (2.0 * distance_correlation_loss(x, x @ w_ref)).backward()
+    assert torch.allclose(w.grad, plain + w_ref.grad, atol=1e-6)
+
+
+def test_randomized_response_keeps_labels_at_the_rate_epsilon_sets():
+    y = torch.randint(0, 10, (20000,), generator=torch.Generator().manual_seed(1))
+    kept = (randomized_response(y, 1.0, 10, torch.Generator().manual_seed(2)) == y).double().mean()
+    e = torch.tensor(1.0).exp()
+    assert float(kept) == pytest.approx(float(e / (e + 9)), abs=0.01)
+
+
+def test_direction_attack_reads_labels_from_class_directions_and_not_from_noise():
+    generator = torch.Generator().manual_seed(3)
+    labels = torch.randint(0, 10, (400,), generator=generator)
+    directions = torch.randn(10, 64, generator=generator)
+    noise = torch.randn(400, 64, generator=generator)
+    hits, scored = direction_attack(directions[labels] + 0.3 * noise, labels)
+    assert hits / scored > 0.95
+    hits, scored = direction_attack(noise, labels)
+    assert hits / scored < 0.25
+    assert auc(torch.arange(10.0), torch.arange(10) >= 5) == 1.0
+
+
+def privacy_rows(config) -> dict[str, float]:
+    table = pd.read_parquet(run_experiment(config).paths["privacy"])
+    return dict(zip(table.attack + "/" + table.metric, table.value, strict=True))
+
+
+def test_noise_raises_the_decoders_reconstruction_error(tiny_config, tmp_out):
+    """Done-when: Gaussian noise on smashed data raises inversion MSE over no defense, same seed."""
+    base = tiny_config(method="psl", attack="inversion", samples_per_client=64, out=tmp_out,
+                       leakage_aux_samples=256, leakage_epochs=2)  # fmt: skip
+    clear, noisy = privacy_rows(base), privacy_rows(base.replace(defense="noise:0.5"))
+    assert (
+        noisy["inversion/mse"] > clear["inversion/mse"] and noisy["inversion/dcor"] < clear["inversion/dcor"]
+    )
+    assert 0 < noisy["accounting/noise_epsilon"] < float("inf")
+
+
+def test_label_inference_on_usl_is_far_above_chance_and_falls_with_randomized_response(tiny_config, tmp_out):
+    """Done-when: the direction attack on usl's uploaded gradients beats chance (0.1) by far; label
+    randomized response brings it down."""
+    base = tiny_config(method="usl", attack="label", samples_per_client=128, epochs=2, out=tmp_out)
+    clear, defended = privacy_rows(base), privacy_rows(base.replace(defense="label-rr:0.5"))
+    assert clear["label/label_acc"] > 0.4
+    assert defended["label/label_acc"] < clear["label/label_acc"] - 0.2
