@@ -22,13 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sglr_ray.datasets import DATASETS, check_dataset_name, dataset_info
+from sglr_ray import config_checks as checks
+from sglr_ray.datasets import dataset_info
 from sglr_ray.declared import identity_name, shipped_file
 from sglr_ray.methods import METHODS, Method, MethodNotFoundError, get_method, method_file
 from sglr_ray.methods.phase import Phase, PhaseError
 from sglr_ray.methods.sglr import split_lr
-from sglr_ray.nodes.codec import parse_codec
-from sglr_ray.nodes.models import ModelError, ModelParts, declaration, resolve_cut
+from sglr_ray.nodes.models import ModelError, ModelParts, resolve_cut
 from sglr_ray.nodes.optim import LrSchedule
 from sglr_ray.privacy import check as check_privacy
 from sglr_ray.privacy import install as install_privacy
@@ -254,13 +254,13 @@ class RunConfig:
         except ValueError as ex:
             raise ConfigError(f"--lr-schedule {ex}") from ex
         self._resolve_knobs(method)
-        self._check_model_and_dataset()
-        self._check_sizes()
-        self._check_systems(method)
+        checks.check_model_and_dataset(self)
+        checks.check_sizes(self)
+        checks.check_systems(self, method)
         check_privacy(self.attack, self.defense, method, self.method)
         if self.leakage or self.attack:
             uses_aux = self.leakage or any(a.uses_aux for a in parse_attacks(self.attack))
-            self._check_leakage(method, aux=uses_aux)
+            checks.check_leakage(self, method, aux=uses_aux)
 
     def _check_method_settings(self, method: Method) -> None:
         """A setting that only some methods read must stay at its default for the others."""
@@ -285,15 +285,6 @@ class RunConfig:
             resolved = fixed if fixed is not None else (default if value is None else value)
             object.__setattr__(self, knob, float(resolved))
 
-    def _check_model_and_dataset(self) -> None:
-        """Names only: the model's declaration imports, the dataset is known. The cut and the
-        model's shapes are checked against the data in `check_model`, before any training."""
-        try:
-            declaration(self.model)
-        except ModelError as ex:
-            raise ConfigError(str(ex)) from ex
-        check_dataset_name(self.dataset)
-
     def check_model(self) -> ModelParts:
         """The model cut as asked, checked by one dry forward pass on the dataset's input shape
         (this loads a file dataset); a ConfigError naming --model or --cut otherwise."""
@@ -304,49 +295,6 @@ class RunConfig:
             raise ConfigError(str(ex)) from ex
         return parts
 
-    def _check_sizes(self) -> None:
-        if self.batch_size > self.samples_per_client:
-            raise ConfigError(
-                f"--batch-size {self.batch_size} is larger than a client's partition "
-                f"(--samples-per-client {self.samples_per_client})"
-            )
-        if self.dataset not in DATASETS:
-            return  # a file dataset's sizes are checked when it is loaded (data.check_sizes)
-        meta = DATASETS[self.dataset]
-        needed = self.clients * self.samples_per_client
-        if needed > meta.train_pool:
-            raise ConfigError(
-                f"--clients {self.clients} x --samples-per-client {self.samples_per_client} = "
-                f"{needed} samples, but {self.dataset} has {meta.train_pool} training samples "
-                f"left after the {meta.val_size}-sample validation split"
-            )
-        for name, limit in (("val_samples", meta.val_size), ("test_samples", meta.test_size)):
-            if getattr(self, name) > limit:
-                raise ConfigError(
-                    f"{flag(name)} {getattr(self, name)} exceeds the {limit} images of that split"
-                )
-
-    def _check_systems(self, method: Method) -> None:
-        """The systems model's settings (SPEC section 4): every profile is read and checked here."""
-        if self.dropout >= 1:
-            raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout!r}")
-        if self.clients_per_round > self.clients:
-            raise ConfigError(
-                f"--clients-per-round {self.clients_per_round} is more than --clients {self.clients}"
-            )
-        for name in ("clients_per_round", "dropout", "deadline_s"):
-            if getattr(self, name) != _FIELDS[name].default and name not in method.schedule.absences:
-                takes = [m for m, spec in _builtin_methods().items() if name in spec.schedule.absences]
-                raise ConfigError(
-                    f"{flag(name)} does not apply to --method {self.method}; methods that take it: "
-                    f"{', '.join(takes)}"
-                )
-        self.device_profiles  # noqa: B018 -- loads and checks --devices before any work
-        try:
-            parse_codec(self.compress)
-        except ValueError as ex:
-            raise ConfigError(f"--compress {ex}") from ex
-
     @property
     def device_profiles(self) -> DeviceProfiles:
         """Each client's and the server's speed and links (systems/devices.py)."""
@@ -354,21 +302,6 @@ class RunConfig:
             self.devices, self.clients, self.seed, self.client_flops_per_s, self.link_rate_bps,
             self.server_flops_per_s, self.server_link_bps,
         )  # fmt: skip
-
-    def _check_leakage(self, method: Method, aux: bool) -> None:
-        if not method.client.sends_smashed:
-            raise ConfigError(f"--leakage needs smashed data; --method {self.method} sends none")
-        if self.leakage_client >= self.clients:
-            raise ConfigError(f"--leakage-client {self.leakage_client} must be in [0, {self.clients - 1}]")
-        if not aux or self.dataset not in DATASETS:
-            return
-        meta = DATASETS[self.dataset]
-        spare = meta.train_pool - self.clients * self.samples_per_client
-        if self.leakage_aux_samples > spare:
-            raise ConfigError(
-                f"--leakage-aux-samples {self.leakage_aux_samples} exceeds the {spare} training samples "
-                f"no client holds ({meta.train_pool} - {self.clients} x {self.samples_per_client})"
-            )
 
     # --- derived values ---------------------------------------------------------
 
