@@ -172,7 +172,7 @@ def test_grouped_runs_equal_loop_runs(tiny_config, tmp_out, float64, monkeypatch
     monkeypatch.setattr(grouped_module.GroupedBottoms, "step", lambda *a: steps.append(step(*a)))
     grouped = run_experiment(config.replace(run_id="grouped"))
     assert len(steps) == config.epochs * config.steps_per_epoch  # it took the grouped path
-    monkeypatch.setattr(local, "ClientShard", functools.partial(ClientShard, group=False))
+    monkeypatch.setattr(local, "make_shard", functools.partial(SplitShard, group=False))
     loop = run_experiment(config.replace(run_id="loop"))
     for a, b in zip(grouped.epochs, loop.epochs, strict=True):
         assert a.train_loss == pytest.approx(b.train_loss, rel=TOLERANCE)

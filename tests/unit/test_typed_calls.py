@@ -40,6 +40,8 @@ def test_there_are_call_sites_to_check():
 )
 def test_every_cross_actor_call_names_a_real_method(where, line, method):
     assert not isinstance(method, ast.Constant), f"{where}:{line} names a method by string"
+    if isinstance(method, ast.Name):  # a function of its own module, by reference (call_on)
+        return
     assert isinstance(method, ast.Attribute) and isinstance(method.value, ast.Name), f"{where}:{line}"
     cls = CLASSES.get(method.value.id)
     assert cls is not None, f"{where}:{line}: {method.value.id} is not a shard class or Server"
