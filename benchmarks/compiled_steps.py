@@ -45,8 +45,9 @@ from sglr_ray.execution.engine import MAX_STEPS_IN_FLIGHT
 from sglr_ray.execution.placement import shard_clients
 from sglr_ray.execution.process import configure_process
 from sglr_ray.execution.ray_actors import start_local_ray
-from sglr_ray.nodes.client import ClientShard, client_partitions
+from sglr_ray.nodes.client import ClientShard
 from sglr_ray.nodes.server import Server
+from sglr_ray.nodes.split_shard import SplitShard, client_partitions
 
 
 class Holder:
@@ -122,7 +123,7 @@ def build(config: RunConfig, data: Any, method: str) -> tuple[Callable, Callable
         taking_part = [None] * len(shard_ids)
 
     def make_shard(ids: list[int]) -> Callable[[], ClientShard]:
-        return lambda: ClientShard(config, ids, [partitions[i] for i in ids], data.val, data.test)
+        return lambda: SplitShard(config, ids, [partitions[i] for i in ids], data.val, data.test)
 
     return (lambda: Server(config)), make_shard, shard_ids, taking_part
 

@@ -2,7 +2,7 @@
 
 Plain torch and sglr-ray's pure-torch helpers (no Ray, no flwr), so it runs under
 both virtual environments and a unit test can check it against sglr-ray's FL
-(`ClientShard.train_local`): same model, same batches, same optimizer.
+(`LocalShard.train_local`): same model, same batches, same optimizer.
 """
 
 from __future__ import annotations

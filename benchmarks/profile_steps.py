@@ -4,7 +4,7 @@ For one method and size, after a warm-up epoch, one epoch runs on each executor
 (same config, same data, one run of this script):
 
 - in process: every call the driver makes (`ex.call`) is timed, per function
-  (Server.train_step, ClientShard.apply_then_forward, ...);
+  (Server.train_step, SplitShard.apply_then_forward, ...);
 - on Ray: `ray.timeline()` gives each actor task of that epoch and its phases:
   deserializing the arguments, executing, storing the results. `gap_ms` is the
   time between one task ending and the next task of the chain starting on

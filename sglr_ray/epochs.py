@@ -22,7 +22,7 @@ class Executor(Protocol):
     shard_client_ids: list[list[int]]
     partition_nbytes: list[int]  # raw bytes of each client's partition (CL uploads them once)
 
-    # `method` is a function of the target's class (ClientShard.forward_batch) or a method's own
+    # `method` is a function of the target's class (SplitShard.forward_batch) or a method's own
     # function of the target (methods/usl.py): a reference, not a name.
     def call(self, target: Any, method: Callable[..., Any], *args: Any, num_returns: int = 1) -> Any: ...
     def get(self, value: Any) -> Any: ...

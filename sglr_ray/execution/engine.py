@@ -17,8 +17,10 @@ from sglr_ray.config import RunConfig
 from sglr_ray.epochs import Executor, ProgressFn
 from sglr_ray.measure.timing import timing_for
 from sglr_ray.nodes.client import ClientShard
+from sglr_ray.nodes.local_shard import LocalShard
 from sglr_ray.nodes.models import bottom_state_nbytes
 from sglr_ray.nodes.server import Server
+from sglr_ray.nodes.split_shard import SplitShard
 from sglr_ray.systems.clock import EpochClock, Timing
 from sglr_ray.systems.presence import is_present, miss_probability, round_clients
 
@@ -137,7 +139,7 @@ class Engine:
             self.progress(epoch, done_before + totals[2], totals[0] / max(1, totals[1]))
 
         current = plan(0)
-        uploads = [ex.call(shard, ClientShard.forward_batch, epoch, 0, ids) for shard, ids in current]
+        uploads = [ex.call(shard, SplitShard.forward_batch, epoch, 0, ids) for shard, ids in current]
         for step in range(steps):
             upcoming = plan(step + 1)
             if current:
@@ -150,7 +152,7 @@ class Engine:
                 in_flight.append((metrics, applies))
             else:  # every client absent: no server step
                 uploads = [
-                    ex.call(shard, ClientShard.forward_batch, epoch, step + 1, ids) for shard, ids in upcoming
+                    ex.call(shard, SplitShard.forward_batch, epoch, step + 1, ids) for shard, ids in upcoming
                 ]
             current = upcoming
             if len(in_flight) > MAX_STEPS_IN_FLIGHT:
@@ -172,7 +174,7 @@ class Engine:
             if id(shard) in following:
                 forwarded[id(shard)] = ex.call(
                     shard,
-                    ClientShard.apply_then_forward,
+                    SplitShard.apply_then_forward,
                     delivery,
                     averaged,
                     epoch,
@@ -180,11 +182,11 @@ class Engine:
                     following[id(shard)],
                 )
             else:
-                applies.append(ex.call(shard, ClientShard.apply_gradient, delivery, averaged))
+                applies.append(ex.call(shard, SplitShard.apply_gradient, delivery, averaged))
         uploads = [
             forwarded[id(shard)]
             if id(shard) in forwarded
-            else ex.call(shard, ClientShard.forward_batch, epoch, next_step, ids)
+            else ex.call(shard, SplitShard.forward_batch, epoch, next_step, ids)
             for shard, ids in upcoming
         ]
         return uploads, applies
@@ -193,12 +195,12 @@ class Engine:
         """One split step of `clients` on their batch `step`, waited for: its StepMetrics. For a
         schedule that decides each step from the last (asl); `split_steps` pipelines instead."""
         ex, parts = self.ex, self.participants(clients)
-        uploads = [ex.call(shard, ClientShard.forward_batch, epoch, step, ids) for shard, ids in parts]
+        uploads = [ex.call(shard, SplitShard.forward_batch, epoch, step, ids) for shard, ids in parts]
         metrics, averaged, *deliveries = ex.call(
             ex.server, Server.train_step, epoch, step, *uploads, num_returns=len(uploads) + 2
         )
         pairs = zip(parts, deliveries, strict=True)
-        ex.get([ex.call(shard, ClientShard.apply_gradient, d, averaged) for (shard, _), d in pairs])
+        ex.get([ex.call(shard, SplitShard.apply_gradient, d, averaged) for (shard, _), d in pairs])
         return ex.get(metrics)
 
     def hand_over(self, from_client: int, to_client: int) -> None:
@@ -217,7 +219,7 @@ class Engine:
         self.round = chosen
         parts = self.participants(chosen)
         per_shard = ex.get(
-            [ex.call(shard, ClientShard.train_local, epoch, passes, ids) for shard, ids in parts]
+            [ex.call(shard, LocalShard.train_local, epoch, passes, ids) for shard, ids in parts]
         )
         loss_sum, samples = (sum(v) for v in zip(*per_shard, strict=True)) if per_shard else (0.0, 0)
         trained = self.config.iterations_per_epoch * self.config.batch_size  # per client (CL: in all)

@@ -16,8 +16,9 @@ from sglr_ray.config import RunConfig
 from sglr_ray.data import PreparedData
 from sglr_ray.execution.placement import choose_device, resolve_clients_per_shard, shard_clients
 from sglr_ray.execution.process import configure_process
-from sglr_ray.nodes.client import ClientShard, client_partitions
+from sglr_ray.nodes.client import client_partitions
 from sglr_ray.nodes.server import Server
+from sglr_ray.nodes.shards import make_shard
 
 
 def call_on(target: Any, method: Callable[..., Any], *args: Any) -> Any:
@@ -44,7 +45,7 @@ class LocalExecutor:
         self.shard_client_ids = shard_clients(len(partitions), self.clients_per_shard)
         self.server = Server(config, self.device)
         self.shards = [
-            ClientShard(config, ids, [partitions[i] for i in ids], data.val, data.test, self.device)
+            make_shard(config, ids, [partitions[i] for i in ids], data.val, data.test, self.device)
             for ids in self.shard_client_ids
         ]
 

@@ -2,7 +2,7 @@
 
 The actors add nothing to the math: one generic entry point, `call(method,
 *args)`, runs a method of the object an actor holds, named by the function
-itself (ClientShard.forward_batch), so there are no forwarders to keep in
+itself (SplitShard.forward_batch), so there are no forwarders to keep in
 step and no method names in strings. Calls return object references; the driver passes those references
 on, so smashed data and gradients go from client actors to the server actor
 and back through Ray's object store, never through the driver.
@@ -59,6 +59,7 @@ from sglr_ray.execution.ray_cluster import (
 )
 from sglr_ray.nodes.client import ClientShard, client_partitions
 from sglr_ray.nodes.server import Server
+from sglr_ray.nodes.shards import make_shard
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ class _Host:
 
     def call(self, method: Callable[..., Any], *args: Any) -> Any:
         """The one entry point: `method` is a function of the held object's class
-        (e.g. ClientShard.forward_batch), passed by reference, never by name."""
+        (e.g. SplitShard.forward_batch), passed by reference, never by name."""
         if method in _RESTORES:  # loading a snapshot is what makes a restarted actor current
             result = call_on(self._held, method, *args)
             self._stale = False
@@ -146,7 +147,7 @@ class ClientActor(_Host):
         if self._held is not None or self._start.error:
             return False
         partitions, val, test = ray.get(data_refs)
-        self._held = ClientShard(*self._shard_args, partitions, val, test, self._start.device)
+        self._held = make_shard(*self._shard_args, partitions, val, test, self._start.device)
         return True
 
 

@@ -11,14 +11,14 @@ from benchmarks.flower_peer import peer_config, sglr_command, write_partitions
 from sglr_ray.cli import build_parser, config_from_args
 from sglr_ray.data import prepare_data
 from sglr_ray.methods.aggregate import fedavg
-from sglr_ray.nodes.client import ClientShard
+from sglr_ray.nodes.local_shard import LocalShard
 from sglr_ray.nodes.models import build_client_model
 
 
 def test_flower_clients_train_and_average_as_sglr_ray_fl(tiny_config):
     config = tiny_config(method="fl", clients=3, samples_per_client=24)
     data = prepare_data(config)
-    shard = ClientShard(config, [0, 1, 2], data.partitions, data.val, data.test)
+    shard = LocalShard(config, [0, 1, 2], data.partitions, data.val, data.test)
     loss_sum, samples = shard.train_local(0)
     upload = shard.upload_models()
     sglr_mean = fedavg([(upload.weighted_state_sum, upload.total_weight)])

@@ -22,6 +22,7 @@ from sglr_ray.nodes.client import ClientShard
 from sglr_ray.nodes.grouped import groupable
 from sglr_ray.nodes.models import SPLIT_MODELS, smashed_shape
 from sglr_ray.nodes.protocol import GradientDelivery
+from sglr_ray.nodes.split_shard import SplitShard
 
 TOLERANCE = 1e-10
 
@@ -45,7 +46,7 @@ def make_shards(config) -> tuple[ClientShard, ClientShard]:
     data = prepare_data(config)
     ids = list(range(config.clients))
     grouped, loop = (
-        ClientShard(config, ids, data.partitions, data.val, data.test, group=group) for group in (True, False)
+        SplitShard(config, ids, data.partitions, data.val, data.test, group=group) for group in (True, False)
     )
     assert grouped._grouped is not None and loop._grouped is None
     return grouped, loop
@@ -171,7 +172,7 @@ def test_grouped_runs_equal_loop_runs(tiny_config, tmp_out, float64, monkeypatch
     monkeypatch.setattr(grouped_module.GroupedBottoms, "step", lambda *a: steps.append(step(*a)))
     grouped = run_experiment(config.replace(run_id="grouped"))
     assert len(steps) == config.epochs * config.steps_per_epoch  # it took the grouped path
-    monkeypatch.setattr(local, "ClientShard", functools.partial(ClientShard, group=False))
+    monkeypatch.setattr(local, "make_shard", functools.partial(SplitShard, group=False))
     loop = run_experiment(config.replace(run_id="loop"))
     for a, b in zip(grouped.epochs, loop.epochs, strict=True):
         assert a.train_loss == pytest.approx(b.train_loss, rel=TOLERANCE)
@@ -198,7 +199,7 @@ def test_methods_without_equal_parallel_batches_keep_the_loop(tiny_config, metho
     config = tiny_config(method=method, clients=3)
     data = prepare_data(config)
     parts = data.partitions[:3] if method != "cl" else [data.partitions[0]] * 3
-    shard = ClientShard(config, [0, 1, 2], parts,
+    shard = SplitShard(config, [0, 1, 2], parts,
                         data.val, data.test)  # fmt: skip
     assert shard._grouped is None
 

@@ -1,0 +1,165 @@
+"""SplitShard: a shard whose clients step through the server (PSL, SSL, SFL and every split method).
+
+A step is two calls: `forward_batch` (each client's role computes what goes up)
+and `apply_gradient` (each client's role back-propagates what the server sent
+and steps its optimizer); the driver joins a step's `apply_gradient` and the
+next step's `forward_batch` into one `apply_then_forward` call. Where every
+client of the shard takes part with a batch of b, the clients run as one
+grouped model (nodes/grouped.py) behind the same two calls.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from sglr_ray.data import ImageSet
+from sglr_ray.methods.roles import StepContext
+from sglr_ray.nodes.client import Client, ClientShard
+from sglr_ray.nodes.codec import parse_codec
+from sglr_ray.nodes.grouped import GroupedBottoms, groupable
+from sglr_ray.nodes.optim import set_lr
+from sglr_ray.nodes.protocol import GradientDelivery, SmashedBatch
+from sglr_ray.nodes.specs import NodeSettings
+
+
+class SplitShard(ClientShard):
+    """`group`: run the clients as one grouped model where the method allows it (see
+    `_make_group`); False keeps the per-client loop everywhere (tests compare the two)."""
+
+    def __init__(
+        self,
+        config: NodeSettings,
+        client_ids: list[int],
+        partitions: list[ImageSet],
+        val: ImageSet,
+        test: ImageSet,
+        device: str = "cpu",
+        group: bool = True,
+    ) -> None:
+        super().__init__(config, client_ids, partitions, val, test, device)
+        # forwarded, awaiting gradients: (client, kept) pairs, or the grouped smashed data
+        self._pending: list[tuple[Client, Any]] | torch.Tensor | None = None
+        self._smashed_shape = self._parts.smashed_shape
+        self._codec = parse_codec(config.compress)  # what the server decodes of each upload
+        self._grouped = self._make_group() if group else None
+
+    def _make_group(self) -> GroupedBottoms | None:
+        """The clients as one grouped model (nodes/grouped.py), where every step has every client
+        of the shard take part with a batch of b: PSL's parallel schedule without a batch plan.
+        Their partitions are stacked, (K, n, ...), so a step draws every client's batch at once;
+        each client's `data` becomes a view of its part."""
+        spec = self.config.spec
+        sizes = {len(c.data) for c in self.clients}
+        if (
+            not spec.schedule.groupable or not self.role.grouped or spec.batch_plan is not None
+            or self.config.deadline_s > 0  # a late client must skip its step: the per-client loop
+            or len(self.clients) < 2 or len(sizes) != 1 or not groupable(self.clients[0].model)
+        ):  # fmt: skip
+            return None
+        images = np.stack([c.data.images for c in self.clients])
+        labels = np.stack([c.data.labels for c in self.clients])
+        for k, client in enumerate(self.clients):
+            client.data = ImageSet(images[k], labels[k], client.data.codec)
+        self._stacked = (images, labels)
+        return GroupedBottoms(
+            [c.model for c in self.clients], [c.optimizer for c in self.clients],
+            self.config.optimizer, self.config.lr,
+        )  # fmt: skip
+
+    @property
+    def pending(self) -> list[tuple[Client, Any]]:
+        """What each client kept of the last forward_batch (its role's `kept`), in upload order:
+        a method's own step function reads it between forward and apply (methods/usl.py)."""
+        if not isinstance(self._pending, list):
+            raise RuntimeError("no per-client forward is pending")
+        return self._pending
+
+    def forward_batch(self, epoch: int, step: int, client_ids: list[int] | None = None) -> SmashedBatch:
+        """Each client (all, or those named: SSL's turn) draws its batch and computes smashed data s_i."""
+        if self._grouped is not None:
+            if client_ids is None:
+                return self._forward_grouped(epoch, step)
+            self._grouped.release()  # some clients only: the loop from here on
+            self._grouped = None
+        smashed, labels, sizes = [], [], []
+        self._pending = []
+        chosen = self._select(client_ids)
+        self._set_epoch_lr(chosen, epoch)  # the step in apply_gradient uses it
+        for client in chosen:
+            x, y = self._batch(client, epoch, step)
+            if len(y) == 0:  # a batch plan gave this client nothing this step
+                continue
+            with self._autocast(), self._randomness(client, epoch, step):
+                ctx = StepContext(self.config.seed, client.client_id, epoch, step)
+                upload, kept = self.role.forward(client.model, client.optimizer, x, y.to(self.device), ctx)
+            self._pending.append((client, kept))  # keeps the graph for apply_gradient
+            smashed.append(self._codec.roundtrip(upload.detach().cpu()))
+            labels.append(y if self.role.sends_labels else y[:0])  # U-shaped: labels stay here
+            sizes.append(len(y))
+        ids = [client.client_id for client, _ in self._pending]
+        if not ids:
+            return SmashedBatch(
+                [], [], torch.empty(0, *self._smashed_shape), torch.empty(0, dtype=torch.int64)
+            )
+        return SmashedBatch(ids, sizes, torch.cat(smashed), torch.cat(labels))
+
+    def _forward_grouped(self, epoch: int, step: int) -> SmashedBatch:
+        """forward_batch for every client at once through the grouped model: the same batches
+        and the same smashed data as the per-client loop."""
+        self._set_epoch_lr(self.clients, epoch)  # may reset the clients' optimizers: before the check
+        models, optimizers = [c.model for c in self.clients], [c.optimizer for c in self.clients]
+        if not self._grouped.in_sync(models, optimizers):  # a reset, or a client model replaced
+            self._grouped.gather(models, optimizers)
+        set_lr(self._grouped.optimizer, self.clients[0].optimizer.param_groups[0]["lr"])
+        x, y = self._batches.stacked_batch(
+            self.client_ids, *self._stacked, epoch, step, self.clients[0].data.codec
+        )
+        with self._autocast():
+            s = self._grouped.forward(x)
+        self._pending = s  # keeps the graph for apply_gradient
+        batch = self.config.batch_size
+        sent = self._codec.roundtrip(s.detach().cpu())
+        return SmashedBatch(self.client_ids, [batch] * len(self.clients), sent, y)
+
+    def apply_gradient(self, delivery: GradientDelivery, averaged_gradient: torch.Tensor | None) -> None:
+        """Back-propagate each client's split-layer gradient (own or averaged) and step its optimizer."""
+        if self._pending is None:
+            raise RuntimeError("apply_gradient called without a forward_batch before it")
+        averaged = set(delivery.averaged)
+        if isinstance(self._pending, torch.Tensor):  # the grouped forward: one backward, one step
+            grads = [
+                averaged_gradient if c.client_id in averaged else delivery.own[c.client_id]
+                for c in self.clients
+            ]
+            self._grouped.step(self._pending, torch.cat(grads).to(self.device))
+            self._pending = None
+            return
+        for client, kept in self._pending:
+            if client.client_id in delivery.late:  # past the deadline: the step went on without it
+                continue
+            grad = averaged_gradient if client.client_id in averaged else delivery.own.get(client.client_id)
+            received = None if grad is None else grad.to(self.device)  # None: nothing comes down (lsl)
+            self.role.backward(client.model, client.optimizer, kept, received)
+        self._pending = None
+
+    def apply_then_forward(
+        self,
+        delivery: GradientDelivery,
+        averaged_gradient: torch.Tensor | None,
+        epoch: int,
+        next_step: int,
+        client_ids: list[int] | None = None,
+    ) -> SmashedBatch:
+        """`apply_gradient`, then the next step's `forward_batch`: one call instead of two, so a
+        step of the driver's loop chains two actor calls (shard -> server -> shard), not three."""
+        self.apply_gradient(delivery, averaged_gradient)
+        return self.forward_batch(epoch, next_step, client_ids)
+
+    def load_state(self, state: dict) -> None:
+        super().load_state(state)
+        if self._grouped is not None:  # the group takes the loaded weights and optimizer state
+            self._grouped.gather([c.model for c in self.clients], [c.optimizer for c in self.clients])
+        self._pending = None
