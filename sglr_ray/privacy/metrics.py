@@ -13,7 +13,6 @@ import math
 
 import torch
 from torch import Tensor
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 
 def mse(x: Tensor, y: Tensor) -> float:
@@ -25,6 +24,10 @@ def psnr(x: Tensor, y: Tensor) -> float:
     """PSNR in dB of images on [0, 1]; inf when they are equal."""
     if mse(x, y) == 0:
         return math.inf
+    # Imported here: torchmetrics pulls in torchvision and torch._dynamo (about 160 MB), which the
+    # settings module, imported by every actor and FL's driver, must not.
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
     return float(peak_signal_noise_ratio(y.double(), x.double(), data_range=1.0))
 
 
@@ -32,6 +35,8 @@ def ssim(x: Tensor, y: Tensor) -> float:
     """Mean SSIM of two (n, C, H, W) batches of images on [0, 1] (H, W >= 11)."""
     if x.shape != y.shape or x.dim() != 4:
         raise ValueError(f"ssim wants two (n, C, H, W) tensors of equal shape, got {x.shape}, {y.shape}")
+    from torchmetrics.functional.image import structural_similarity_index_measure  # see psnr
+
     return float(structural_similarity_index_measure(y.double(), x.double(), data_range=1.0))
 
 

@@ -197,5 +197,7 @@ def test_bad_model_or_cut_is_refused_in_one_line_before_training(
 
 
 def test_config_refuses_an_unknown_model_by_name():
-    with pytest.raises(ConfigError, match="--model 'vgg11' is unknown; choose one of: alexnet, resnet16"):
+    with pytest.raises(
+        ConfigError, match="--model 'vgg11' is unknown; choose one of: alexnet, alexnet-paper, resnet16"
+    ):
         RunConfig(model="vgg11")
