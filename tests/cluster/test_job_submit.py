@@ -35,8 +35,19 @@ def tail(text: str | bytes | None) -> str:
     return (text or "")[-TAIL_CHARS:]
 
 
+# The same tiny run with a user's model and dataset files (issue 24 item 3): they travel to the
+# actors with the working_dir and the runtime environment, as method files do.
+FILE_MODEL_AND_DATA = [
+    "--model",
+    "examples/custom_model.py:mlp",
+    "--dataset",
+    "examples/custom_dataset.py:tabular",
+]
+
+
 @pytest.mark.cluster
-def test_job_submit_runs_sglr_on_the_cluster(ray_head, tmp_path):
+@pytest.mark.parametrize("extra", [[], FILE_MODEL_AND_DATA], ids=["built-in", "file-model-and-dataset"])
+def test_job_submit_runs_sglr_on_the_cluster(ray_head, tmp_path, extra):
     # Token authentication is really on: the dashboard refuses a request without the token.
     status, body = ray_head.request("/api/jobs/", authenticated=False)
     assert status == 401, f"unauthenticated GET /api/jobs/ gave HTTP {status}, expected 401: {body[:500]}"
@@ -51,7 +62,7 @@ def test_job_submit_runs_sglr_on_the_cluster(ray_head, tmp_path):
         "--working-dir", str(REPO_ROOT),
         "--runtime-env-json", json.dumps({"excludes": EXCLUDES}),
         "--",
-        "python", "-m", "sglr_ray.cli", "run", *TINY_RUN, "--out", str(out), "--run-id", run_id,
+        "python", "-m", "sglr_ray.cli", "run", *TINY_RUN, *extra, "--out", str(out), "--run-id", run_id,
     ]  # fmt: skip
     started = time.monotonic()
     try:
@@ -93,6 +104,11 @@ def test_job_submit_runs_sglr_on_the_cluster(ray_head, tmp_path):
     assert runs.loc[0, "status"] == "completed", runs.T
     assert runs.loc[0, "executor"] == "ray", runs.T
     assert runs.loc[0, "method"] == "sglr" and runs.loc[0, "clients"] == 3, runs.T
+    if extra:  # the files' hashes are in the identity: the driver and the actors read the same files
+        assert (
+            "custom_model.py:mlp@" in runs.loc[0, "model"]
+            and "custom_dataset.py:tabular@" in runs.loc[0, "dataset"]
+        )
     assert len(epochs) == 1, epochs
     assert (epochs["run_id"] == run_id).all(), epochs
 
