@@ -1,4 +1,5 @@
-"""The report's plots: validation accuracy per epoch, final accuracy against C with 95%
+"""The report's plots: validation accuracy per epoch and against simulated time (time to
+accuracy, where runs have a virtual clock), final accuracy against C with 95%
 intervals, each setting's paired difference from PSL against C, and bytes and PFLOPs per
 client. Each is a matplotlib Figure (no pyplot, so no display is needed: PNGs render with Agg)
 written atomically under `<report dir>/plots`.
@@ -25,6 +26,7 @@ def write_plots(runs: pd.DataFrame, epochs: pd.DataFrame, directory: Path, suffi
     drawn = []
     for name, title, draw in [
         ("accuracy_per_epoch", "Validation accuracy per epoch", lambda: plot_epochs(epochs)),
+        ("accuracy_vs_sim_time", "Validation accuracy against simulated time", lambda: plot_sim_time(epochs)),
         ("accuracy_vs_clients", "Final test accuracy against clients", lambda: plot_clients(runs)),
         ("difference_vs_clients", "Paired difference from PSL against clients", lambda: plot_paired(runs)),
         ("costs_per_client", "Bytes and PFLOPs per client", lambda: plot_costs(runs)),
@@ -50,6 +52,25 @@ def plot_epochs(epochs: pd.DataFrame) -> Figure | None:
     axes.set(xlabel="epoch", ylabel="validation accuracy (%)", title="Validation accuracy, mean over seeds")
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     _legend(axes, len(table.columns))
+    return figure
+
+
+def plot_sim_time(epochs: pd.DataFrame) -> Figure | None:
+    """Time to accuracy: validation accuracy against the virtual clock (SPEC section 4), one line
+    per setting, a point per epoch (means over seeds); None without simulated times."""
+    table = analysis.accuracy_against_sim_time(epochs) if not epochs.empty else pd.DataFrame()
+    if table.empty:
+        return None
+    figure = Figure(figsize=(10, 5.5), layout="constrained")
+    axes = figure.subplots()
+    settings = table.index.get_level_values("setting").unique()
+    for number, setting in enumerate(settings):
+        style = ("-", "--", ":", "-.")[number // 10 % 4]
+        line = table.loc[setting]
+        axes.plot(line.sim_time_s, line.acc, marker=".", linestyle=style, label=setting)
+    axes.set(xlabel="simulated time (s)", ylabel="validation accuracy (%)",
+             title="Time to accuracy on the virtual clock, mean over seeds")  # fmt: skip
+    _legend(axes, len(settings))
     return figure
 
 

@@ -225,6 +225,19 @@ def accuracy_per_epoch(epochs: Source) -> pd.DataFrame:
     return frame.pivot_table(index="epoch", columns="setting", values="acc", aggfunc="mean")
 
 
+def accuracy_against_sim_time(epochs: Source) -> pd.DataFrame:
+    """Time to accuracy: per setting and epoch (1-based), the mean over seeds of the virtual clock
+    (`sim_time_s`) and of the validation accuracy (%); empty where no epoch has a simulated time."""
+    epochs = load_epochs(epochs) if not isinstance(epochs, pd.DataFrame) else epochs
+    if "sim_time_s" not in epochs:
+        return pd.DataFrame()
+    epochs = epochs[(epochs.status == "completed") & epochs.sim_time_s.notna()]
+    if epochs.empty:
+        return pd.DataFrame()
+    frame = epochs.assign(setting=setting_labels(epochs), epoch=epochs.epoch + 1, acc=100 * epochs.val_acc)
+    return frame.groupby(["setting", "epoch"])[["sim_time_s", "acc"]].mean()
+
+
 CONVERGED_POINTS = 0.5  # an epoch budget is enough where a run's last epochs gain less than this
 
 

@@ -103,3 +103,25 @@ def test_a_systems_setting_joins_the_run_key_only_away_from_its_old_value(tiny_c
     assert config.run_key == identity_hash({k: v for k, v in config.identity().items() if k != name})
     changed = config.replace(**{name: value})
     assert changed.identity()[name] == value and changed.run_key != config.run_key
+
+
+def test_the_report_plots_accuracy_against_simulated_time(tiny_config, tmp_out):
+    from pathlib import Path
+
+    from sglr_ray.analysis.report import write_report
+    from sglr_ray.analysis.tables import accuracy_against_sim_time
+
+    for method in ("psl", "sglr"):
+        run_experiment(
+            tiny_config(method=method, epochs=2, devices="lognormal:0.5", out=tmp_out, run_id=method)
+        )
+    table = accuracy_against_sim_time(tmp_out)
+    epochs = pd.read_parquet(f"{tmp_out}/epochs").sort_values(["run_id", "epoch"])
+    assert len(table) == 4  # two settings, two epochs each
+    for (setting, epoch), row in table.iterrows():
+        recorded = epochs[epochs.run_id == setting.split()[0]].iloc[epoch - 1]
+        assert row.sim_time_s == pytest.approx(recorded.sim_time_s)
+        assert row.acc == pytest.approx(100 * recorded.val_acc)
+    text = write_report(Path(tmp_out)).read_text()
+    assert "(plots/accuracy_vs_sim_time.png)" in text
+    assert (Path(tmp_out) / "plots" / "accuracy_vs_sim_time.png").read_bytes()[:4] == b"\x89PNG"
