@@ -45,9 +45,9 @@ from sglr_ray.execution.engine import MAX_STEPS_IN_FLIGHT
 from sglr_ray.execution.placement import shard_clients
 from sglr_ray.execution.process import configure_process
 from sglr_ray.execution.ray_actors import start_local_ray
-from sglr_ray.nodes.client import ClientShard
+from sglr_ray.nodes.client import ClientShard, client_partitions
 from sglr_ray.nodes.server import Server
-from sglr_ray.nodes.split_shard import SplitShard, client_partitions
+from sglr_ray.nodes.split_shard import SplitShard
 
 
 class Holder:
