@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from benchmarks.common import write_results
-from benchmarks.overhead import train_samples_per_s
+from benchmarks.overhead import samples_per_s
 from sglr_ray.config import RunConfig
 from sglr_ray.data import prepare_data, to_model_input
 from sglr_ray.nodes.models import SPLIT_MODELS
@@ -84,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
         data = prepare_data(config)
         plain = plain_sglr_samples_per_s(config, data, args.epochs)
-        local, _ = train_samples_per_s(config.replace(executor="local"), data, args.epochs)
-        remote, _ = train_samples_per_s(config.replace(executor="ray"), data, args.epochs)
+        local, _ = samples_per_s(config.replace(executor="local"), data, args.epochs)
+        remote, _ = samples_per_s(config.replace(executor="ray"), data, args.epochs)
         rows.append({
             "clients": clients, "plain_loop_samples_per_s": plain, "local_samples_per_s": local,
             "ray_samples_per_s": remote, "local_over_plain": local / plain,
