@@ -104,14 +104,15 @@ def middle_forward(server, epoch: int, step: int, *uploads) -> tuple:
     return (len(sent), *per_upload)
 
 
-def tail_step(shard, outputs: torch.Tensor) -> TailGradients:
-    """Step 3 on one shard: each client's tail, loss and step; dL_i/dz_i goes up."""
+def tail_step(shard, outputs: torch.Tensor, epoch: int, step: int) -> TailGradients:
+    """Step 3 on one shard: each client's tail, loss and step; dL_i/dz_i goes up. Dropout in a
+    tail draws its masks seeded by (seed, client, epoch, step), as the head's forward does."""
     grads, loss_sum, start = [], 0.0, 0
     for client, (_, labels) in shard.pending:
         rows = len(labels)
         z = outputs[start : start + rows].to(shard.device).detach().requires_grad_(True)
         start += rows
-        with shard.autocast():
+        with shard.autocast(), shard.randomness(client, epoch, step):
             loss = F.cross_entropy(client.model["tail"](z), labels)
         client.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -155,7 +156,7 @@ class UShapedSchedule(Parallel):
             _, *outputs = engine.on_server(
                 middle_forward, epoch, step, *uploads, num_returns=len(uploads) + 1
             )
-            tails = engine.on_shards(tail_step, [(z,) for z in outputs])
+            tails = engine.on_shards(tail_step, [(z, epoch, step) for z in outputs])
             metrics, averaged, *deliveries = engine.on_server(
                 middle_backward, epoch, step, *tails, num_returns=len(tails) + 2
             )

@@ -128,6 +128,11 @@ class ClientShard:
         """The run's autocast context (--precision)."""
         return self._autocast()
 
+    def randomness(self, client: Client, epoch: int, step: int) -> Any:
+        """A client's random draws (dropout masks) in a step of a method's own (methods/usl.py's
+        tail step), seeded as its forward's are: the same on both executors."""
+        return self._randomness(client, epoch, step)
+
     def _randomness(self, client: Client, epoch: int, step: int) -> Any:
         """A client's random draws in a step (dropout) seeded by (seed, client, epoch, step)."""
         return step_randomness(self._draws, self.device, self.config.seed, client.client_id, epoch, step)

@@ -5,6 +5,7 @@ usl's arithmetic against PSL where the two must agree."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -121,3 +122,15 @@ def test_control_flow_methods_resume_from_a_checkpoint_with_the_same_numbers(tin
     assert [e.epoch for e in resumed.epochs] == [1]
     assert resumed.epochs[0].train_loss == pytest.approx(whole.epochs[1].train_loss, rel=1e-6)
     assert resumed.final_test_acc == whole.final_test_acc
+
+
+def test_usl_dropout_in_the_tail_is_seeded_by_client_epoch_and_step(tiny_config, tmp_out):
+    """A tail with dropout (small_cnn cut at 1,2: the tail holds its dropout) draws the same masks
+    whatever the process's RNG did before: what makes both executors agree."""
+    model = str(Path(__file__).parents[2] / "examples" / "custom_model.py") + ":small_cnn"
+    losses = []
+    for noise in (1, 2):
+        torch.manual_seed(noise)  # a different global RNG state before each run
+        config = tiny_config(method="usl", model=model, cut="1,2", clients=2, out=tmp_out, run_id=f"r{noise}")
+        losses.append(run_experiment(config).epochs[0].train_loss)
+    assert losses[0] == losses[1]
