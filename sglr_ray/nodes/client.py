@@ -87,6 +87,10 @@ class ClientShard:
         self._batches = BatchDrawer(config, self.device)
         self._schedule = LrSchedule.parse(config.lr_schedule)
         self._draws = has_randomness(self.clients[0].model)  # dropout: masks seeded per step
+        self._clients_built()
+
+    def _clients_built(self) -> None:
+        """What a kind of shard sets up once its clients exist (local_shard.py: FL's round)."""
 
     def _new_client(self, client_id: int, data: ImageSet) -> Client:
         """A client with its starting model and optimizer. Every client starts from the same

@@ -18,22 +18,15 @@ from sglr_ray.nodes.client import Client, ClientShard
 from sglr_ray.nodes.models import state_nbytes
 from sglr_ray.nodes.optim import classification_loss, make_optimizer
 from sglr_ray.nodes.protocol import ModelUpload
-from sglr_ray.nodes.specs import NodeSettings
 
 
 class LocalShard(ClientShard):
-    def __init__(
-        self,
-        config: NodeSettings,
-        client_ids: list[int],
-        partitions: list[ImageSet],
-        val: ImageSet,
-        test: ImageSet,
-        device: str = "cpu",
-    ) -> None:
-        # FL: the clients share one working model, trained in turn from the global weights.
-        self._one_model = config.spec.averages_clients
-        super().__init__(config, client_ids, partitions, val, test, device)
+    @property
+    def _one_model(self) -> bool:
+        """FL: the clients share one working model, trained in turn from the global weights."""
+        return self.config.spec.averages_clients
+
+    def _clients_built(self) -> None:
         # FL: the weights every client starts the round from, and the round's running
         # FedAvg sum (sum_i n_i * state_i in float64, sum_i n_i) for upload_models.
         first = self.clients[0].model.state_dict()
