@@ -36,6 +36,7 @@ CASES = {
     "sglr-resnet16": {"method": "sglr", "model": "resnet16", "alpha": 1.0, "phi": 0.5},
     "usl-alexnet": {"method": "usl", "alpha": 0.5, "phi": 0.5},
     "lsl-alexnet": {"method": "lsl"},
+    "asl-alexnet": {"method": "asl"},
 }
 
 
