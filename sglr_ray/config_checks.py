@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from sglr_ray.data import check_sizes as check_dataset_sizes
 from sglr_ray.datasets import DATASETS, check_dataset_name
 from sglr_ray.methods import METHODS, Method
 from sglr_ray.nodes.codec import parse_codec
@@ -35,21 +36,8 @@ def check_sizes(config: Any) -> None:
             f"--batch-size {config.batch_size} is larger than a client's partition "
             f"(--samples-per-client {config.samples_per_client})"
         )
-    if config.dataset not in DATASETS:
-        return  # a file dataset's sizes are checked when it is loaded (data.check_sizes)
-    meta = DATASETS[config.dataset]
-    needed = config.clients * config.samples_per_client
-    if needed > meta.train_pool:
-        raise ConfigError(
-            f"--clients {config.clients} x --samples-per-client {config.samples_per_client} = "
-            f"{needed} samples, but {config.dataset} has {meta.train_pool} training samples "
-            f"left after the {meta.val_size}-sample validation split"
-        )
-    for name, limit in (("val_samples", meta.val_size), ("test_samples", meta.test_size)):
-        if getattr(config, name) > limit:
-            raise ConfigError(
-                f"{flag(name)} {getattr(config, name)} exceeds the {limit} images of that split"
-            )
+    if config.dataset in DATASETS:  # a file dataset's sizes are checked when it is loaded
+        check_dataset_sizes(config, DATASETS[config.dataset])
 
 
 def check_systems(config: Any, method: Method) -> None:
