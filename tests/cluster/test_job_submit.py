@@ -35,6 +35,19 @@ def tail(text: str | bytes | None) -> str:
     return (text or "")[-TAIL_CHARS:]
 
 
+def submit_command(ray_head, submission_id: str, *cli: str) -> list[str]:
+    """`ray job submit` of `python -m sglr_ray.cli CLI...`, this repository as the working_dir."""
+    return [
+        ray_head.ray_bin, "job", "submit",
+        "--address", ray_head.dashboard_url,
+        "--submission-id", submission_id,
+        "--working-dir", str(REPO_ROOT),
+        "--runtime-env-json", json.dumps({"excludes": EXCLUDES}),
+        "--",
+        "python", "-m", "sglr_ray.cli", *cli,
+    ]  # fmt: skip
+
+
 # The same tiny run with a user's model and dataset files (issue 24 item 3): they travel to the
 # actors with the working_dir and the runtime environment, as method files do.
 FILE_MODEL_AND_DATA = [
@@ -55,15 +68,9 @@ def test_job_submit_runs_sglr_on_the_cluster(ray_head, tmp_path, extra):
     out = tmp_path / "out"
     run_id = f"job-{uuid.uuid4().hex[:8]}"
     submission_id = f"sglr-{run_id}"
-    command = [
-        ray_head.ray_bin, "job", "submit",
-        "--address", ray_head.dashboard_url,
-        "--submission-id", submission_id,
-        "--working-dir", str(REPO_ROOT),
-        "--runtime-env-json", json.dumps({"excludes": EXCLUDES}),
-        "--",
-        "python", "-m", "sglr_ray.cli", "run", *TINY_RUN, *extra, "--out", str(out), "--run-id", run_id,
-    ]  # fmt: skip
+    command = submit_command(
+        ray_head, submission_id, "run", *TINY_RUN, *extra, "--out", str(out), "--run-id", run_id
+    )
     started = time.monotonic()
     try:
         submit = subprocess.run(
@@ -131,15 +138,7 @@ def test_a_four_run_sweep_completes_on_a_two_cpu_head_in_one_submission(ray_head
     grid = tmp_path / "grid.yaml"
     grid.write_text(SWEEP_GRID.replace("OUT", str(out)))
     submission_id = f"sweep-{uuid.uuid4().hex[:8]}"
-    command = [
-        ray_head.ray_bin, "job", "submit",
-        "--address", ray_head.dashboard_url,
-        "--submission-id", submission_id,
-        "--working-dir", str(REPO_ROOT),
-        "--runtime-env-json", json.dumps({"excludes": EXCLUDES}),
-        "--",
-        "python", "-m", "sglr_ray.cli", "sweep", "--grid", str(grid), "--backend", "ray",
-    ]  # fmt: skip
+    command = submit_command(ray_head, submission_id, "sweep", "--grid", str(grid), "--backend", "ray")
     started = time.monotonic()
     try:
         submit = subprocess.run(
