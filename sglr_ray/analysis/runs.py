@@ -196,6 +196,11 @@ def load_epochs(out: str | Path, completed_only: bool = True) -> pd.DataFrame:
     return _join_runs(_read_dir(out, "epochs", EPOCHS_SCHEMA), load_runs(out), completed_only)
 
 
+def load_clients(out: str | Path, completed_only: bool = True) -> pd.DataFrame:
+    """`<out>/clients` (a row per client and epoch) joined with each run's settings, keys and status."""
+    return _join_runs(_read_dir(out, "clients"), load_runs(out), completed_only)
+
+
 def load_leakage(out: str | Path, completed_only: bool = True) -> pd.DataFrame:
     """`<out>/leakage` joined with each run's settings, keys and status; empty if there is none."""
     leakage = _read_dir(out, "leakage")
