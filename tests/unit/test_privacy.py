@@ -19,7 +19,7 @@ from sglr_ray.privacy.base import ObservingRule
 from sglr_ray.privacy.defenses.label_rr import randomized_response
 from sglr_ray.privacy.defenses.noise import CLIP_NORM, GaussianNoise, clip_rows
 from sglr_ray.privacy.defenses.nopeek import with_extra_loss
-from sglr_ray.privacy.metrics import distance_correlation, distance_correlation_loss, ssim
+from sglr_ray.privacy.metrics import SSIM_CHUNK, distance_correlation, distance_correlation_loss, ssim
 
 BAD = [
     (["--attack", "sniff"], "--attack 'sniff' is unknown"),
@@ -69,6 +69,17 @@ def test_ssim_and_dcor_agree_with_the_hand_written_ones_they_replace():
     a = torch.randn(50, 20, generator=generator)
     b = a @ torch.randn(20, 7, generator=generator)
     assert distance_correlation(a, b) == pytest.approx(leakage.distance_correlation(a, b), abs=1e-6)
+
+
+def test_ssim_in_chunks_is_torchmetrics_ssim_of_the_whole_batch():
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    generator = torch.Generator().manual_seed(7)
+    x = torch.rand(SSIM_CHUNK * 2 + 5, 1, 16, 16, generator=generator, dtype=torch.float64)
+    y = (x + 0.2 * torch.rand(x.shape, generator=generator, dtype=torch.float64)).clamp(0, 1)
+    assert ssim(x, y) == pytest.approx(
+        float(structural_similarity_index_measure(y, x, data_range=1.0)), rel=1e-12
+    )
 
 
 def test_clipping_bounds_every_row_and_leaves_short_rows_alone():
