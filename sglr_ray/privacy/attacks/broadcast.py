@@ -134,12 +134,12 @@ class BroadcastInference(Attack):
     def score(self, evidence: Evidence) -> dict[str, float]:
         target = evidence.client_id
         steps = {key: obs for key, obs in evidence.recorded.items() if len(obs.clients) > 1}
-        if not steps:  # nobody beside the target in any step (SSL's turns)
+        if not steps:  # nobody beside the target in any step (SSL's turns; LSL sends nothing down)
             return dict.fromkeys(self.metrics, float("nan"))
         own = {key: evidence.batch_labels(target, *key) for key in steps}
         prior = torch.bincount(torch.cat(list(own.values())), minlength=NUM_CLASSES).double()
         prior = prior / prior.sum()
-        tally, shared = Tally(), [key for key, obs in steps.items() if target in obs.shared_to]
+        tally, shared = Tally(), {key for key, obs in steps.items() if target in obs.shared_to}
         for epoch in sorted({e for e, _ in steps}):
             keys = sorted(k for k in steps if k[0] == epoch)
             mu = epoch_directions([steps[k] for k in keys], [own[k] for k in keys], prior, target)
