@@ -218,5 +218,7 @@ def test_topk_compression_changes_what_the_inversion_reconstructs(tiny_config, t
     reconstructions differ from those of the uncompressed run in the same seed (and are worse)."""
     base = tiny_config(method="psl", attack="inversion", samples_per_client=64, out=tmp_out,
                        leakage_aux_samples=256, leakage_epochs=2)  # fmt: skip
-    clear, compressed = privacy_rows(base), privacy_rows(base.replace(compress="topk:0.05"))
+    clear, compressed = privacy_rows(base), privacy_rows(base.replace(compress="topk:0.01"))
+    # Measured: mse 0.0949 -> 0.1037, ssim 0.120 -> 0.028.
     assert compressed["inversion/mse"] > clear["inversion/mse"]
+    assert compressed["inversion/ssim"] < clear["inversion/ssim"] / 2
