@@ -17,7 +17,7 @@ from matplotlib.ticker import MaxNLocator, NullLocator
 from sglr_ray.analysis import tables as analysis
 from sglr_ray.atomic import atomic_path
 
-__all__ = ["write_plots"]
+__all__ = ["save_figure_atomic", "write_plots"]
 
 
 def write_plots(runs: pd.DataFrame, epochs: pd.DataFrame, directory: Path, suffix: str) -> list[str]:
@@ -34,7 +34,7 @@ def write_plots(runs: pd.DataFrame, epochs: pd.DataFrame, directory: Path, suffi
         figure = draw()
         if figure is not None:
             target = directory / "plots" / f"{name}{suffix}.png"
-            _save_figure_atomic(figure, target)
+            save_figure_atomic(figure, target)
             drawn.append(f"![{title}]({target.relative_to(directory).as_posix()})")
     return ["", "### Plots", "", *drawn] if drawn else []
 
@@ -148,6 +148,6 @@ def _legend(axes, entries: int) -> None:
     axes.legend(fontsize="x-small", loc="center left", bbox_to_anchor=(1.01, 0.5), ncol=columns)
 
 
-def _save_figure_atomic(figure: Figure, path: Path) -> None:
+def save_figure_atomic(figure: Figure, path: Path) -> None:
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=110)

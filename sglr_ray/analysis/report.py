@@ -4,8 +4,10 @@
 
 Each table that has data is written with the paper's figures beside it where
 the paper has some, and one generated sentence on whether the paper's trend
-holds. Files are written to a temporary name and renamed, so a reader never
-sees half a report while a sweep is still adding runs.
+holds. Where runs had --attack, a privacy section draws accuracy against each
+attack's leakage (analysis/tradeoff.py). Files are written to a temporary name
+and renamed, so a reader never sees half a report while a sweep is still adding
+runs.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from sglr_ray.analysis import significance, systems
 from sglr_ray.analysis import tables as analysis
 from sglr_ray.analysis.markdown import decimals_for, markdown_table
 from sglr_ray.analysis.paper import paper_difference
-from sglr_ray.analysis.plots import write_plots
+from sglr_ray.analysis.plots import save_figure_atomic, write_plots
 from sglr_ray.analysis.provenance import provenance_lines, superseded
 from sglr_ray.analysis.sentences import (
     beats_sentence,
@@ -28,6 +30,7 @@ from sglr_ray.analysis.sentences import (
     server_saving_sentence,
 )
 from sglr_ray.analysis.tables import means
+from sglr_ray.analysis.tradeoff import privacy_lines
 from sglr_ray.atomic import atomic_path
 
 __all__ = ["collapse_stats", "write_report"]
@@ -65,6 +68,7 @@ def write_report(out: str | Path, path: str | Path | None = None, include_supers
         lines += _tables(group, epochs[epochs.run_id.isin(ids)], _rows_of(leakage, ids))
         lines += write_plots(group, epochs[epochs.run_id.isin(ids)], path.parent, suffix)
     lines += _virtual_clock(out, runs)
+    lines += privacy_lines(out, path.parent, save_figure_atomic)
     lines += provenance_lines(recorded, recorded[old])
     _write_text_atomic(path, "\n".join(lines) + "\n")
     return path

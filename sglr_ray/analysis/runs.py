@@ -38,7 +38,7 @@ from sglr_ray.methods import METHODS, Method
 from sglr_ray.methods.base import own_gradients
 from sglr_ray.methods.sglr import split_avg
 from sglr_ray.results.storage import Storage
-from sglr_ray.results.writer import EPOCHS_SCHEMA, RUNS_SCHEMA
+from sglr_ray.results.writer import EPOCHS_SCHEMA, PRIVACY_SCHEMA, RUNS_SCHEMA
 
 Source = str | Path | pd.DataFrame
 
@@ -207,6 +207,19 @@ def load_leakage(out: str | Path, completed_only: bool = True) -> pd.DataFrame:
     if leakage.empty:
         return leakage
     return _join_runs(leakage, load_runs(out), completed_only)
+
+
+def load_privacy(out: str | Path, completed_only: bool = True) -> pd.DataFrame:
+    """`<out>/privacy` (one row per attack, client and metric) joined with each run's settings,
+    keys, status and final accuracy; empty if there is none."""
+    rows = _read_dir(out, "privacy", PRIVACY_SCHEMA)
+    if rows.empty:
+        return rows
+    runs = load_runs(out)
+    # `attack` is also a setting (--attack, the list a run ran); each row's own attack wins here.
+    joined = _join_runs(rows.rename(columns={"attack": "scored"}), runs, completed_only)
+    joined = joined.drop(columns="attack").rename(columns={"scored": "attack"})
+    return joined.merge(runs[["run_id", "final_test_acc"]], on="run_id")
 
 
 # ---------------------------------------------------------------- workloads and cells

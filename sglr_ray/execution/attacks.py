@@ -24,22 +24,28 @@ from sglr_ray.measure import leakage
 from sglr_ray.methods.roles import StepContext
 from sglr_ray.nodes.batches import BatchDrawer
 from sglr_ray.nodes.client import ClientShard, client_partitions
+from sglr_ray.nodes.codec import Codec, parse_codec
 from sglr_ray.nodes.models import ModelParts
 from sglr_ray.privacy.base import DEFENSE_SALT
 
 
 class SentView(nn.Module):
-    """The target's bottom model as the server sees it answer: through the client's defense,
-    with noise from a stream of its own (seeded by the run and the client)."""
+    """The target's bottom model as the server sees it answer: through the client's defense (with
+    noise from a stream of its own, seeded by the run and the client), then through --compress's
+    codec, as an upload travels in training (nodes/split_shard.py), so compression counts as a
+    defense wherever it changes what the server decodes."""
 
-    def __init__(self, bottom: nn.Module, defense: privacy.Defense | None, ctx: StepContext) -> None:
+    def __init__(
+        self, bottom: nn.Module, defense: privacy.Defense | None, ctx: StepContext, codec: Codec | None = None
+    ) -> None:
         super().__init__()
-        self.bottom, self.defense = bottom, defense
+        self.bottom, self.defense, self.codec = bottom, defense, codec or Codec()
         self.generator = ctx.generator(DEFENSE_SALT + 2)
 
     def forward(self, x: Tensor) -> Tensor:
         s = self.bottom(x)
-        return s if self.defense is None else self.defense.sent(s, self.generator)
+        s = s if self.defense is None else self.defense.sent(s, self.generator)
+        return self.codec.roundtrip(s)
 
 
 def recorded_on(server: Any, attack: str) -> Any:
@@ -61,7 +67,7 @@ def gather_evidence(ex: Executor, config: RunConfig, data: PreparedData) -> priv
     """Everything an attack may read after training, minus what its own hook kept."""
     client, defense = config.leakage_client, privacy.parse_defense(config.defense)
     after_training = StepContext(config.seed, client, config.epochs, 0)  # an epoch no training drew
-    sent = SentView(target_bottom(ex, config), defense, after_training)
+    sent = SentView(target_bottom(ex, config), defense, after_training, parse_codec(config.compress))
     partitions, drawer = client_partitions(config, data), BatchDrawer(config, torch.device("cpu"))
 
     def invert(aux: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:

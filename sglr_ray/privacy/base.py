@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from sglr_ray.methods.base import Delivery, Method, RunConfig, SplitRule
 from sglr_ray.methods.roles import ClientRole, Parts, StepContext
+from sglr_ray.nodes.codec import parse_codec
 
 DEFENSE_SALT = 0xDEF  # the defenses' random streams: ctx.generator(DEFENSE_SALT + k)
 KEPT_DIM = 256  # values a row of an observed gradient is projected to (ObservingRule)
@@ -210,14 +211,22 @@ class ObservingRule:
     record stays a few MB."""
 
     def __init__(
-        self, inner: SplitRule, attack: str, client_id: int, seed: int, tap: GradientTap | None = None
+        self,
+        inner: SplitRule,
+        attack: str,
+        client_id: int,
+        seed: int,
+        tap: GradientTap | None = None,
+        view: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
         self.inner, self.attack, self.client_id, self.seed, self.tap = inner, attack, client_id, seed, tap
+        self.view = view  # what a client decodes of a gradient sent down (--compress), or None: as is
         self.steps: dict[tuple[int, int], Observation] = {}
         self._projection: Tensor | None = None
 
     def keep(self, grad: Tensor) -> Tensor:
-        flat = grad.detach().cpu().float().flatten(1)
+        grad = grad.detach().cpu()
+        flat = (grad if self.view is None else self.view(grad)).float().flatten(1)
         if flat.shape[1] <= KEPT_DIM:
             return flat
         if self._projection is None:
@@ -244,13 +253,18 @@ class ObservingRule:
         return delivery
 
 
-def observing(method: Method, attack: str, tapped: bool = False) -> Method:
+def observing(method: Method, attack: str, tapped: bool = False, received: bool = False) -> Method:
     """`method` whose server keeps an ObservingRule for `attack` around its SplitRule; `tapped`:
-    it keeps the gradient arriving at the server's model (usl's dL/dz), not the one it returns."""
+    it keeps the gradient arriving at the server's model (usl's dL/dz), not the one it returns;
+    `received`: it keeps what the clients decode of what it returns (through --compress's codec),
+    not what the server computed."""
+    if tapped and received:
+        raise ValueError("an ObservingRule keeps either the tapped gradient or the one received, not both")
     inner, tap = method.rule, GradientTap() if tapped else None
 
     def rule(run: RunConfig) -> SplitRule:
-        return ObservingRule(inner(run), attack, run.leakage_client, run.seed, tap)
+        view = parse_codec(run.compress).roundtrip if received else None
+        return ObservingRule(inner(run), attack, run.leakage_client, run.seed, tap, view)
 
     client = method.client if tap is None else TappedRole(method.client, tap)
     return dataclasses.replace(method, rule=rule, client=client)
