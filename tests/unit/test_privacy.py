@@ -10,7 +10,10 @@ import torch
 from sglr_ray import cli, privacy
 from sglr_ray.execution import driver
 from sglr_ray.execution.driver import run_experiment
+from sglr_ray.methods.phase import Phase
 from sglr_ray.methods.roles import StepContext
+from sglr_ray.methods.sglr import SplitAvg
+from sglr_ray.privacy.attacks.fsha import HijackingRule
 from sglr_ray.privacy.attacks.label import auc, direction_attack
 from sglr_ray.privacy.defenses.label_rr import randomized_response
 from sglr_ray.privacy.defenses.noise import CLIP_NORM, GaussianNoise, clip_rows
@@ -26,6 +29,9 @@ BAD = [
     (["--attack", "label", "--method", "psl"], "--attack label does not apply to --method psl"),
     (["--defense", "label-rr:1", "--method", "sglr"], "--defense label-rr does not apply to --method sglr"),
     (["--attack", "inversion", "--method", "fl"], "--attack inversion does not apply to --method fl"),
+    (["--attack", "fsha", "--method", "lsl"], "--attack fsha does not apply to --method lsl"),
+    (["--attack", "fsha", "--method", "usl"], "--attack fsha does not apply to --method usl"),
+    (["--attack", "fsha", "--method", "fl"], "--attack fsha does not apply to --method fl"),
 ]
 
 
@@ -134,3 +140,18 @@ def test_label_inference_on_usl_is_far_above_chance_and_falls_with_randomized_re
     clear, defended = privacy_rows(base), privacy_rows(base.replace(defense="label-rr:0.5"))
     assert clear["label/label_acc"] > 0.4
     assert defended["label/label_acc"] < clear["label/label_acc"] - 0.2
+
+
+def test_fsha_sends_the_target_its_own_gradient_and_leaves_the_others_delivery():
+    """The target leaves SplitAvg's broadcast for a unicast of the hijacking gradient; the others
+    get what the method's rule gives them from the honest gradients."""
+    grads = {c: torch.full((2, 3), float(c)) for c in range(4)}
+    honest = SplitAvg(0, 1.0, 4, Phase.parse("all"), 1).deliver(grads, 0, 0)
+    rule = HijackingRule(client_id=1)
+    rule.inner = SplitAvg(0, 1.0, 4, Phase.parse("all"), 1)
+    rule.pending = torch.full((2, 3), -7.0)
+    hijacked = rule.deliver(grads, 0, 0)
+    assert 1 in honest.shared_to and 1 not in hijacked.shared_to
+    assert torch.equal(hijacked.for_client(1), torch.full((2, 3), -7.0))
+    assert torch.equal(hijacked.shared, honest.shared) and hijacked.shared_to == [0, 2, 3]
+    assert rule.pending is None and rule.deliver(grads, 0, 1).shared_to == [0, 1, 2, 3]
