@@ -84,7 +84,8 @@ def gather_evidence(ex: Executor, config: RunConfig, data: PreparedData) -> priv
         config=config, client_id=client, bottom=sent.bottom, sent=apply_sent,
         aux_inputs=to_model_input(data.spare.images[: config.leakage_aux_samples]),
         target_inputs=to_model_input(data.test.images),
-        to_image=lambda x: leakage.crop_to_client_image(leakage.to_unit_range(x)), invert=invert,
+        to_image=lambda x: leakage.crop_to_client_image(leakage.to_unit_range(x)),
+        client_view=leakage.crop_to_client_image, invert=invert,
         batch_labels=lambda c, epoch, step: drawer.batch(c, partitions[c], epoch, step)[1],
     )  # fmt: skip
 

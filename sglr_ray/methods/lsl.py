@@ -40,6 +40,7 @@ class LocalLossClient(ClientRole):
     """A bottom model and its auxiliary head; one local step per batch, before the upload."""
 
     grouped = False
+    receives_gradient = False  # the server sends nothing down (top_only_step)
     forward_share = 1.0  # the whole local step comes before the upload; nothing after it
 
     def build_client(self, parts: Parts) -> nn.Module:

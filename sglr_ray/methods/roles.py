@@ -49,6 +49,7 @@ class ClientRole:
     whole_model = False  # the client trains the whole model locally (CL, FL); no split step
     sends_smashed = True  # a server-side attacker sees smashed data (the leakage attack needs it)
     sends_labels = True  # labels go up with the smashed data (U-shaped: they stay on the client)
+    receives_gradient = True  # a split-layer gradient comes back (lsl: the client steps on its own loss)
     grouped = True  # clients of a shard may run as one grouped model (nodes/grouped.py)
     # Of a client's FLOPs per sample, the share spent before its upload (the virtual clock's
     # forward): a bottom's step is its forward and its weight gradient, about equal in FLOPs.

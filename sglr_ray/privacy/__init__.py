@@ -18,6 +18,7 @@ import math
 
 from sglr_ray.methods.base import Method, RunConfig
 from sglr_ray.privacy.attacks.broadcast import BROADCAST
+from sglr_ray.privacy.attacks.fsha import FSHA
 from sglr_ray.privacy.attacks.inversion import INVERSION
 from sglr_ray.privacy.attacks.label import LABEL
 from sglr_ray.privacy.base import Attack, DefendedRole, Defense, Evidence
@@ -29,7 +30,7 @@ from sglr_ray.settings import ConfigError
 __all__ = ["ATTACKS", "DEFENSES", "Attack", "DefendedRole", "Defense", "Evidence", "check", "install",
            "parse_attacks", "parse_defense"]  # fmt: skip
 
-ATTACKS: dict[str, Attack] = {a.name: a for a in (INVERSION, LABEL, BROADCAST)}
+ATTACKS: dict[str, Attack] = {a.name: a for a in (INVERSION, FSHA, LABEL, BROADCAST)}
 DEFENSES: dict[str, type[Defense]] = {d.name: d for d in (GaussianNoise, NoPeek, LabelRR)}
 
 

@@ -74,7 +74,7 @@ class DelegatingRole(ClientRole):
     def __init__(self, inner: ClientRole) -> None:
         self.inner = inner
         self.whole_model, self.sends_smashed = inner.whole_model, inner.sends_smashed
-        self.sends_labels = inner.sends_labels
+        self.sends_labels, self.receives_gradient = inner.sends_labels, inner.receives_gradient
 
     def build_client(self, parts: Parts) -> nn.Module:
         return self.inner.build_client(parts)
@@ -160,6 +160,7 @@ class Evidence:
     aux_inputs: Tensor  # the server's own images (model inputs), no client holds them
     target_inputs: Tensor  # the target's test images (model inputs)
     to_image: Callable[[Tensor], Tensor]  # model inputs -> the client's image on [0, 1]
+    client_view: Callable[[Tensor], Tensor]  # a model-sized image on [0, 1] -> the client's image
     # The honest decoder (measure/leakage.py): (sent, aux, targets) -> (originals, reconstructions).
     invert: Callable[..., tuple[Tensor, Tensor]]
     recorded: Any = None  # what the attack's training-time hook kept on the server

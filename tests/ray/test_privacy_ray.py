@@ -13,8 +13,9 @@ from sglr_ray.execution.driver import run_experiment
     [{"method": "usl", "attack": "label", "defense": "label-rr:1"},
      {"method": "sglr", "attack": "inversion", "defense": "noise:0.5", "leakage_aux_samples": 64,
       "leakage_epochs": 1},
-     {"method": "sglr", "phi": 0.5, "attack": "broadcast", "compress": "int8"}],
-    ids=["usl-label", "sglr-inversion", "sglr-broadcast-int8"],
+     {"method": "sglr", "phi": 0.5, "attack": "broadcast", "compress": "int8"},
+     {"method": "sglr", "attack": "fsha", "leakage_aux_samples": 64}],
+    ids=["usl-label", "sglr-inversion", "sglr-broadcast-int8", "sglr-fsha"],
 )  # fmt: skip
 def test_privacy_rows_are_the_same_on_both_executors(ray_session, tiny_config, tmp_out, settings):
     config = tiny_config(clients=4, clients_per_actor=2, epochs=2, out=tmp_out, **settings)
