@@ -228,6 +228,8 @@ def test_topk_compression_changes_what_the_inversion_reconstructs(tiny_config, t
     # Measured: mse 0.0949 -> 0.1037, ssim 0.120 -> 0.028.
     assert compressed["inversion/mse"] > clear["inversion/mse"]
     assert compressed["inversion/ssim"] < clear["inversion/ssim"] / 2
+
+
 def test_fsha_sends_the_target_its_own_gradient_and_leaves_the_others_delivery():
     """The target leaves SplitAvg's broadcast for a unicast of the hijacking gradient; the others
     get what the method's rule gives them from the honest gradients."""
