@@ -1,6 +1,6 @@
 """ClientShard: one or more clients, each with its own weights, optimizer state and data
-(kept compactly: nodes/client_state.py): what every shard does (models, optimizers and learning rates, batches, weights for FedAvg and hand-overs,
-checkpoints, evaluation).
+(kept compactly: nodes/client_state.py): what every shard does (models, optimizers and
+learning rates, batches, weights for FedAvg and hand-overs, checkpoints, evaluation).
 
 Plain torch, no Ray: the Ray executor wraps a shard in a thin actor, the local
 executor calls it directly. Two kinds build on this base (`make_shard` picks by

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -125,6 +125,17 @@ class GroupedBottoms:
         )
         self._seen_version = -1  # the store's version the optimizer state was read at
         self._inputs: torch.Tensor | None = None  # the forward's inputs, where `step` recomputes
+
+    @classmethod
+    def from_models(
+        cls, models: Sequence[nn.Module], optimizer_name: str, lr: float, clients_per_group: int | None = None
+    ) -> GroupedBottoms:
+        """A store of `models`' current weights (fresh optimizers), grouped: for benchmarks that
+        start from modules; `states.module(k)` reads client k back."""
+        states = ClientStates(models[0], len(models), optimizer_name, lr)
+        for k, model in enumerate(models):
+            states.load(model.state_dict(), [k])
+        return cls(states, models[0], clients_per_group)
 
     def _bound_group(self, template: nn.Module, rows: slice) -> nn.Module:
         """The grouped model of clients `rows`, its tensors views of their blocks of the store

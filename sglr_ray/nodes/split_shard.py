@@ -107,9 +107,7 @@ class SplitShard(ClientShard):
         and the same smashed data as the per-client loop."""
         self._set_epoch_lr(list(range(len(self.client_ids))), epoch)  # may reset optimizers
         set_lr(self._grouped.optimizer, self._lr)
-        x, y = self._batches.stacked_batch(
-            self.client_ids, *self._stacked, epoch, step, self.data[0].codec
-        )
+        x, y = self._batches.stacked_batch(self.client_ids, *self._stacked, epoch, step, self.data[0].codec)
         with self._autocast():
             s = self._grouped.forward(x)
         self._pending = s  # apply_gradient's step back-propagates it
@@ -123,9 +121,7 @@ class SplitShard(ClientShard):
             raise RuntimeError("apply_gradient called without a forward_batch before it")
         averaged = set(delivery.averaged)
         if isinstance(self._pending, torch.Tensor):  # the grouped forward: one backward, one step
-            grads = [
-                averaged_gradient if c in averaged else delivery.own[c] for c in self.client_ids
-            ]
+            grads = [averaged_gradient if c in averaged else delivery.own[c] for c in self.client_ids]
             self._grouped.step(self._pending, torch.cat(grads).to(self.device), self._autocast)
             self._pending = None
             return
