@@ -1,0 +1,88 @@
+"""Ten thousand clients on one machine: 10,000 clients x 50 samples on the Ray executor against
+5 clients x 10,000 samples in process, per method, in ONE run.
+
+For each --methods entry (default psl sglr fl sfl) two setups, AlexNet, b = 8, one epoch with
+the default evaluation, --torch-threads (default 1) in every process:
+
+  local    --clients 5 --samples-per-client 10000, in process (the local executor)
+  ray      --clients C --samples-per-client 50 (default C = 10,000) on the Ray executor:
+           one shard actor per core, each holding C / cores clients in its ClientStates
+           (nodes/client_state.py), PSL-style methods stepping them as compute groups
+
+Per row: `data_s` (drawing and partitioning the synthetic data), `startup_s` (building the
+executor: for Ray, starting and placing the actors, the partitions' trip to them and
+building every shard), the epoch's training and evaluation time, and peak memory: the
+resident memory of all Ray processes (raylet, GCS, workers; psutil, every 0.5 s) and of the
+driver, summed (shared object-store pages count in every process that maps them, so this
+over-counts); in process, the process's own. For each Ray row, `per_sample_over_local`: its
+training time per sample over the in-process run's of the same method.
+
+Targets (issue 27): peak <= 16 GiB, per_sample_over_local <= 2 (aim 1.5), start-up < 60 s.
+SGLR at 10,000 clients: the default alpha 0.5 gives the server 100 times the clients' rate and
+diverges, as the paper warns; accuracy is not the point here, time and memory are.
+
+  .venv/bin/python -m benchmarks.scale_10k
+  .venv/bin/python -m benchmarks.scale_10k --methods psl sglr --clients 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import psutil
+
+from benchmarks.common import write_results
+from benchmarks.scale import measure_setup
+
+LOCAL = (5, 10_000)  # clients, samples per client: the in-process reference
+
+
+def load_note() -> str:
+    load = psutil.getloadavg()
+    return f"load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1 / 5 / 15 min)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--methods", nargs="+", default=["psl", "sglr", "fl", "sfl"])
+    parser.add_argument("--clients", type=int, default=10_000, help="clients of the Ray run")
+    parser.add_argument("--samples-per-client", type=int, default=50)
+    parser.add_argument("--dataset", default="synthetic", choices=["synthetic", "fashion-mnist"])
+    parser.add_argument("--torch-threads", type=int, default=1, help="torch threads in every process")
+    parser.add_argument("--name", default="scale-10k", help="results/benchmarks/<name>.md and .parquet")
+    args = parser.parse_args(argv)
+    rows = []
+    for method in args.methods:
+        local = measure_setup("local", "local", *LOCAL, method, args.dataset, args.torch_threads)
+        local["load_after"] = load_note()
+        remote = measure_setup(
+            "ray", "ray", args.clients, args.samples_per_client, method, args.dataset, args.torch_threads
+        )
+        remote["load_after"] = load_note()
+        per_sample = remote["train_s"] / (args.clients * args.samples_per_client)
+        remote["per_sample_over_local"] = per_sample / (local["train_s"] / (LOCAL[0] * LOCAL[1]))
+        remote["epoch_per_sample_over_local"] = (
+            remote["epoch_s"] / (args.clients * args.samples_per_client)
+        ) / (local["epoch_s"] / (LOCAL[0] * LOCAL[1]))
+        rows += [local, remote]
+        print(
+            f"{method}: {args.clients} clients on Ray: per sample {remote['per_sample_over_local']:.2f}x "
+            f"in process (target <= 2), peak {remote['peak_GiB']:.1f} GiB (target <= 16), "
+            f"start-up {remote['startup_s']:.0f} s (target < 60)",
+            flush=True,
+        )
+    title = (
+        f"Scale: one epoch of {args.clients} clients x {args.samples_per_client} on Ray against "
+        f"{LOCAL[0]} x {LOCAL[1]} in process ({psutil.cpu_count()} cores, "
+        f"{psutil.virtual_memory().total / 2**30:.0f} GiB, shared with other work at nice 19; "
+        f"this run at nice {os.nice(0)}; {load_note()} at the end)"
+    )
+    command = "  .venv/bin/python -m benchmarks.scale_10k " + " ".join(argv or sys.argv[1:])
+    write_results(rows, args.name, title, command)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
