@@ -36,7 +36,7 @@ import psutil
 from benchmarks.common import write_results
 from benchmarks.scale import measure_setup
 
-LOCAL = (5, 10_000)  # clients, samples per client: the in-process reference
+LOCAL_CLIENTS = 5  # the in-process reference: 5 clients of --local-samples each
 
 
 def load_note() -> str:
@@ -48,24 +48,30 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--methods", nargs="+", default=["psl", "sglr", "fl", "sfl"])
     parser.add_argument("--clients", type=int, default=10_000, help="clients of the Ray run")
-    parser.add_argument("--samples-per-client", type=int, default=50)
+    parser.add_argument("--samples-per-client", type=int, default=50, help="of the Ray run's clients")
+    parser.add_argument(
+        "--local-samples", type=int, default=10_000, help="per client of the in-process run's 5 clients"
+    )
     parser.add_argument("--dataset", default="synthetic", choices=["synthetic", "fashion-mnist"])
     parser.add_argument("--torch-threads", type=int, default=1, help="torch threads in every process")
     parser.add_argument("--name", default="scale-10k", help="results/benchmarks/<name>.md and .parquet")
     args = parser.parse_args(argv)
     rows = []
     for method in args.methods:
-        local = measure_setup("local", "local", *LOCAL, method, args.dataset, args.torch_threads)
+        local_samples = LOCAL_CLIENTS * args.local_samples
+        local = measure_setup(
+            "local", "local", LOCAL_CLIENTS, args.local_samples, method, args.dataset, args.torch_threads
+        )
         local["load_after"] = load_note()
         remote = measure_setup(
             "ray", "ray", args.clients, args.samples_per_client, method, args.dataset, args.torch_threads
         )
         remote["load_after"] = load_note()
         per_sample = remote["train_s"] / (args.clients * args.samples_per_client)
-        remote["per_sample_over_local"] = per_sample / (local["train_s"] / (LOCAL[0] * LOCAL[1]))
+        remote["per_sample_over_local"] = per_sample / (local["train_s"] / local_samples)
         remote["epoch_per_sample_over_local"] = (
             remote["epoch_s"] / (args.clients * args.samples_per_client)
-        ) / (local["epoch_s"] / (LOCAL[0] * LOCAL[1]))
+        ) / (local["epoch_s"] / local_samples)
         rows += [local, remote]
         print(
             f"{method}: {args.clients} clients on Ray: per sample {remote['per_sample_over_local']:.2f}x "
@@ -75,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     title = (
         f"Scale: one epoch of {args.clients} clients x {args.samples_per_client} on Ray against "
-        f"{LOCAL[0]} x {LOCAL[1]} in process ({psutil.cpu_count()} cores, "
+        f"{LOCAL_CLIENTS} x {args.local_samples} in process ({psutil.cpu_count()} cores, "
         f"{psutil.virtual_memory().total / 2**30:.0f} GiB, shared with other work at nice 19; "
         f"this run at nice {os.nice(0)}; {load_note()} at the end)"
     )

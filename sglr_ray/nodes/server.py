@@ -28,8 +28,9 @@ from sglr_ray.nodes.specs import NodeSettings
 from sglr_ray.systems.clock import Phase, Timing, missed_deadline, upload_s
 
 # Samples the top model takes in one pass in `train_top`: 10,000 clients x b = 8 would be
-# 80,000 samples, about 16 GB of AlexNet top activations at once; 8192 keep it near 2 GB.
-SERVER_CHUNK_SAMPLES = 8192
+# 80,000 samples, about 17 GB of AlexNet top activations (220 KB a sample) at once; 4096
+# keep them under 1 GB and still make each layer's call large.
+SERVER_CHUNK_SAMPLES = 4096
 
 
 def _whole_batch_only(top: torch.nn.Module) -> bool:

@@ -110,7 +110,9 @@ class SplitShard(ClientShard):
         x, y = self._batches.stacked_batch(self.client_ids, *self._stacked, epoch, step, self.data[0].codec)
         with self._autocast():
             s = self._grouped.forward(x)
-        self._pending = s  # apply_gradient's step back-propagates it
+        # apply_gradient's step back-propagates it; where the group recomputes its forward (no
+        # graph kept) the smashed data (gigabytes for thousands of clients) need not outlive the upload
+        self._pending = s if s.requires_grad else s.new_empty(0)
         batch = self.config.batch_size
         sent = self._codec.roundtrip(s.detach().cpu())
         return SmashedBatch(self.client_ids, [batch] * len(self.client_ids), sent, y)
