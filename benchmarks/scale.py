@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 
 import psutil
 import ray
@@ -57,12 +58,20 @@ def measure(name: str, method: str, dataset: str, torch_threads: int) -> dict:
 
 
 def measure_setup(
-    name: str, executor: str, clients: int, samples: int, method: str, dataset: str, torch_threads: int
+    name: str,
+    executor: str,
+    clients: int,
+    samples: int,
+    method: str,
+    dataset: str,
+    torch_threads: int,
+    memory: Callable[[], int] | None = None,
 ) -> dict:
     """Start-up, one epoch (training + evaluation) and peak memory of `clients` x `samples` of
     `method` on `executor` (AlexNet, the run's defaults otherwise). `data_s`: drawing and
     partitioning the data; `startup_s`: building the executor (for Ray: starting and placing
-    the actors, the partitions' trip to them, building every shard)."""
+    the actors, the partitions' trip to them, building every shard). `memory`: what peak_GiB
+    samples (default: the Ray processes' and the driver's resident memory)."""
     config = RunConfig(
         method=method, model="alexnet", dataset=dataset, clients=clients, samples_per_client=samples,
         epochs=1, executor=executor, torch_threads=torch_threads,
@@ -72,9 +81,12 @@ def measure_setup(
     data_s = time.perf_counter() - started
     if executor == "ray":
         start_local_ray(log_to_driver=False)
-    memory = (
-        (lambda: ray_processes_rss_bytes() + driver_rss_bytes()) if executor == "ray" else driver_rss_bytes
-    )
+    if memory is None:
+        memory = (
+            (lambda: ray_processes_rss_bytes() + driver_rss_bytes())
+            if executor == "ray"
+            else driver_rss_bytes
+        )
     try:
         with PeakBytes(memory) as peak:
             started = time.perf_counter()

@@ -12,9 +12,10 @@ the default evaluation, --torch-threads (default 1) in every process:
 Per row: `data_s` (drawing and partitioning the synthetic data), `startup_s` (building the
 executor: for Ray, starting and placing the actors, the partitions' trip to them and
 building every shard), the epoch's training and evaluation time, and peak memory: the
-resident memory of all Ray processes (raylet, GCS, workers; psutil, every 0.5 s) and of the
-driver, summed (shared object-store pages count in every process that maps them, so this
-over-counts); in process, the process's own. For each Ray row, `per_sample_over_local`: its
+proportional set size (PSS) of this process and all its descendants, the embedded Ray's
+GCS, raylet and workers included (psutil, every 0.5 s): shared pages such as the object
+store are split among the processes that map them, so nothing counts twice and no other
+Ray instance on the machine counts at all. For each Ray row, `per_sample_over_local`: its
 training time per sample over the in-process run's of the same method.
 
 Targets (issue 27): peak <= 16 GiB, per_sample_over_local <= 2 (aim 1.5), start-up < 60 s.
@@ -30,10 +31,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
+import time
 
 import psutil
 
-from benchmarks.common import write_results
+from benchmarks.common import process_tree_pss_bytes, write_results
 from benchmarks.scale import measure_setup
 
 LOCAL_CLIENTS = 5  # the in-process reference: 5 clients of --local-samples each
@@ -44,6 +47,24 @@ def load_note() -> str:
     return f"load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1 / 5 / 15 min)"
 
 
+class MemoryGuard(threading.Thread):
+    """Ends this run (this process and its descendants, nothing else) when the machine's available
+    memory falls below `floor_gib`: the machine is shared, and running it out of memory would
+    have the kernel kill someone else's work."""
+
+    def __init__(self, floor_gib: float) -> None:
+        super().__init__(daemon=True)
+        self.floor_bytes = floor_gib * 2**30
+
+    def run(self) -> None:
+        while psutil.virtual_memory().available >= self.floor_bytes:
+            time.sleep(0.5)
+        print(f"scale_10k: available memory under {self.floor_bytes / 2**30:.1f} GiB; stopping", flush=True)
+        for child in psutil.Process().children(recursive=True):
+            child.kill()
+        os._exit(3)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--methods", nargs="+", default=["psl", "sglr", "fl", "sfl"])
@@ -52,20 +73,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--local-samples", type=int, default=10_000, help="per client of the in-process run's 5 clients"
     )
-    parser.add_argument("--dataset", default="synthetic", choices=["synthetic", "fashion-mnist"])
+    parser.add_argument("--dataset", default="synthetic-large", choices=["synthetic-large", "synthetic"])
+    parser.add_argument(
+        "--stop-below-gib", type=float, default=2.5,
+        help="end the run (its own processes only) when the machine's available memory falls below this",
+    )  # fmt: skip
     parser.add_argument("--torch-threads", type=int, default=1, help="torch threads in every process")
     parser.add_argument("--name", default="scale-10k", help="results/benchmarks/<name>.md and .parquet")
     args = parser.parse_args(argv)
+    guard = MemoryGuard(args.stop_below_gib)
+    guard.start()
     rows = []
     for method in args.methods:
         local_samples = LOCAL_CLIENTS * args.local_samples
         local = measure_setup(
-            "local", "local", LOCAL_CLIENTS, args.local_samples, method, args.dataset, args.torch_threads
-        )
+            "local", "local", LOCAL_CLIENTS, args.local_samples, method, args.dataset, args.torch_threads,
+            process_tree_pss_bytes,
+        )  # fmt: skip
         local["load_after"] = load_note()
         remote = measure_setup(
-            "ray", "ray", args.clients, args.samples_per_client, method, args.dataset, args.torch_threads
-        )
+            "ray", "ray", args.clients, args.samples_per_client, method, args.dataset, args.torch_threads,
+            process_tree_pss_bytes,
+        )  # fmt: skip
         remote["load_after"] = load_note()
         per_sample = remote["train_s"] / (args.clients * args.samples_per_client)
         remote["per_sample_over_local"] = per_sample / (local["train_s"] / local_samples)
