@@ -200,19 +200,25 @@ class GroupedBottoms:
         return {name: block for name, block in self.states.blocks.items() if name not in params}
 
     def step(
-        self, smashed: torch.Tensor, grad: torch.Tensor, autocast: Callable[[], Any] = contextlib.nullcontext
+        self,
+        smashed: torch.Tensor,
+        grad: torch.Tensor | Sequence[torch.Tensor],
+        autocast: Callable[[], Any] = contextlib.nullcontext,
     ) -> None:
-        """Back-propagate `grad` (rows as in `smashed`, the output of `forward`) and step every client;
-        where `forward` kept no graph, each group's forward runs again under `autocast`."""
+        """Back-propagate `grad` (rows as in `smashed`, the output of `forward`; or one tensor per
+        client, in client order) and step every client; where `forward` kept no graph, each
+        group's forward runs again under `autocast`, and takes only its own clients' gradients
+        (a concatenation of all of them would be one more copy of the step's smashed data)."""
+        per_client = not torch.is_tensor(grad)
         self.optimizer.zero_grad(set_to_none=True)
         if self._inputs is None:
-            smashed.backward(grad)
+            smashed.backward(torch.cat(list(grad)) if per_client else grad)
         else:
             start = 0
             for module, rows in zip(self.modules, self._groups, strict=True):
                 with autocast():
                     out = self._run(module, rows, self._inputs[rows])
-                out.backward(grad[start : start + len(out)])
+                out.backward(torch.cat(list(grad[rows])) if per_client else grad[start : start + len(out)])
                 start += len(out)
             self._inputs = None
         self.optimizer.step()

@@ -123,8 +123,11 @@ class SplitShard(ClientShard):
             raise RuntimeError("apply_gradient called without a forward_batch before it")
         averaged = set(delivery.averaged)
         if isinstance(self._pending, torch.Tensor):  # the grouped forward: one backward, one step
-            grads = [averaged_gradient if c in averaged else delivery.own[c] for c in self.client_ids]
-            self._grouped.step(self._pending, torch.cat(grads).to(self.device), self._autocast)
+            grads = [
+                (averaged_gradient if c in averaged else delivery.own[c]).to(self.device)
+                for c in self.client_ids
+            ]
+            self._grouped.step(self._pending, grads, self._autocast)
             self._pending = None
             return
         for client, kept in self._pending:
