@@ -57,9 +57,15 @@ class MemoryGuard(threading.Thread):
         self.floor_bytes = floor_gib * 2**30
 
     def run(self) -> None:
+        peak = 0
         while psutil.virtual_memory().available >= self.floor_bytes:
+            peak = max(peak, process_tree_pss_bytes())
             time.sleep(0.5)
-        print(f"scale_10k: available memory under {self.floor_bytes / 2**30:.1f} GiB; stopping", flush=True)
+        print(
+            f"scale_10k: available memory under {self.floor_bytes / 2**30:.1f} GiB with this run at "
+            f"{process_tree_pss_bytes() / 2**30:.1f} GiB (peak {peak / 2**30:.1f}); stopping",
+            flush=True,
+        )
         for child in psutil.Process().children(recursive=True):
             child.kill()
         os._exit(3)
