@@ -71,6 +71,17 @@ class MemoryGuard(threading.Thread):
         os._exit(3)
 
 
+def write_table(rows: list[dict], args: argparse.Namespace, argv: list[str] | None) -> None:
+    title = (
+        f"Scale: one epoch of {args.clients} clients x {args.samples_per_client} on Ray against "
+        f"{LOCAL_CLIENTS} x {args.local_samples} in process ({psutil.cpu_count()} cores, "
+        f"{psutil.virtual_memory().total / 2**30:.0f} GiB, shared with other work at nice 19; "
+        f"this run at nice {os.nice(0)}; {load_note()} at the end)"
+    )
+    command = "  .venv/bin/python -m benchmarks.scale_10k " + " ".join(argv or sys.argv[1:])
+    write_results(rows, args.name, title, command)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--methods", nargs="+", default=["psl", "sglr", "fl", "sfl"])
@@ -114,14 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             f"start-up {remote['startup_s']:.0f} s (target < 60)",
             flush=True,
         )
-    title = (
-        f"Scale: one epoch of {args.clients} clients x {args.samples_per_client} on Ray against "
-        f"{LOCAL_CLIENTS} x {args.local_samples} in process ({psutil.cpu_count()} cores, "
-        f"{psutil.virtual_memory().total / 2**30:.0f} GiB, shared with other work at nice 19; "
-        f"this run at nice {os.nice(0)}; {load_note()} at the end)"
-    )
-    command = "  .venv/bin/python -m benchmarks.scale_10k " + " ".join(argv or sys.argv[1:])
-    write_results(rows, args.name, title, command)
+        write_table(rows, args, argv)  # after each method: a run stopped later still leaves these
     return 0
 
 
