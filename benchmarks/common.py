@@ -26,6 +26,20 @@ def ray_processes_rss_bytes() -> int:
     return total
 
 
+def process_tree_pss_bytes() -> int:
+    """Proportional set size of this process and all its descendants (an embedded Ray's GCS,
+    raylet and workers): shared pages (the object store, libraries) split among the processes
+    that map them, so nothing is counted twice, and no other Ray instance on the machine is."""
+    me = psutil.Process()
+    total = 0
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            total += proc.memory_full_info().pss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue  # ended between the listing and the read
+    return total
+
+
 class PeakBytes:
     """Samples `read_bytes()` every `interval_s` in a thread, and once more on exit;
     `.peak_bytes` is the maximum (e.g. of `ray_processes_rss_bytes`)."""

@@ -145,9 +145,7 @@ def loop_against_grouped(out: Path, clients: int = 100, steps: int = 20) -> Row:
     loop_models = [m.to(device) for m in make_bottoms("alexnet", clients)]
     loop_opts = [make_optimizer(m.parameters(), "adam", LR) for m in loop_models]
     grouped_models = [m.to(device) for m in make_bottoms("alexnet", clients)]
-    group = GroupedBottoms(
-        grouped_models, [make_optimizer(m.parameters(), "adam", LR) for m in grouped_models], "adam", LR, None
-    )
+    group = GroupedBottoms.from_models(grouped_models, "adam", LR)
 
     def loop_step() -> None:
         for model, opt, x_i, g_i in zip(loop_models, loop_opts, x, g, strict=True):

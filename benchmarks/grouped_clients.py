@@ -24,7 +24,6 @@ ways within a row, not rows taken at different times.
 from __future__ import annotations
 
 import argparse
-import copy
 import math
 import sys
 import time
@@ -35,16 +34,14 @@ from benchmarks.common import write_results
 from benchmarks.vmap_vs_loop import LR, LoopShard, VmapShard, make_bottoms, make_inputs
 from sglr_ray.nodes.grouped import CPU_CLIENTS_PER_GROUP, GroupedBottoms
 from sglr_ray.nodes.models import SPLIT_MODELS
-from sglr_ray.nodes.optim import make_optimizer
 
 
 class GroupedShard:
     """The clients as GroupedBottoms sees them (clients_per_group None: the CPU default)."""
 
     def __init__(self, bottoms: list[torch.nn.Module], clients_per_group: int | None) -> None:
-        self.models = [copy.deepcopy(m) for m in bottoms]
-        optimizers = [make_optimizer(m.parameters(), "adam", LR) for m in self.models]
-        self.group = GroupedBottoms(self.models, optimizers, "adam", LR, clients_per_group)
+        self.group = GroupedBottoms.from_models(bottoms, "adam", LR, clients_per_group)
+        self.models = [self.group.states.module(k) for k in range(len(bottoms))]  # views of the store
 
     def step(self, x: torch.Tensor, g: torch.Tensor) -> None:
         smashed = self.group.forward(x)

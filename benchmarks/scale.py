@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 
 import psutil
 import ray
@@ -53,16 +54,39 @@ def driver_rss_bytes() -> int:
 def measure(name: str, method: str, dataset: str, torch_threads: int) -> dict:
     """Start-up, one epoch (training + evaluation) and peak memory of setup `name` (SETUPS)."""
     executor, clients, samples = SETUPS[name]
+    return measure_setup(name, executor, clients, samples, method, dataset, torch_threads)
+
+
+def measure_setup(
+    name: str,
+    executor: str,
+    clients: int,
+    samples: int,
+    method: str,
+    dataset: str,
+    torch_threads: int,
+    memory: Callable[[], int] | None = None,
+) -> dict:
+    """Start-up, one epoch (training + evaluation) and peak memory of `clients` x `samples` of
+    `method` on `executor` (AlexNet, the run's defaults otherwise). `data_s`: drawing and
+    partitioning the data; `startup_s`: building the executor (for Ray: starting and placing
+    the actors, the partitions' trip to them, building every shard). `memory`: what peak_GiB
+    samples (default: the Ray processes' and the driver's resident memory)."""
     config = RunConfig(
         method=method, model="alexnet", dataset=dataset, clients=clients, samples_per_client=samples,
         epochs=1, executor=executor, torch_threads=torch_threads,
     )  # fmt: skip
+    started = time.perf_counter()
     data = prepare_data(config)
+    data_s = time.perf_counter() - started
     if executor == "ray":
         start_local_ray(log_to_driver=False)
-    memory = (
-        (lambda: ray_processes_rss_bytes() + driver_rss_bytes()) if executor == "ray" else driver_rss_bytes
-    )
+    if memory is None:
+        memory = (
+            (lambda: ray_processes_rss_bytes() + driver_rss_bytes())
+            if executor == "ray"
+            else driver_rss_bytes
+        )
     try:
         with PeakBytes(memory) as peak:
             started = time.perf_counter()
@@ -77,11 +101,12 @@ def measure(name: str, method: str, dataset: str, torch_threads: int) -> dict:
             ray.shutdown()
     epoch_s = result.train_wall_s + result.eval_wall_s
     return {
-        "setup": name, "executor": executor, "clients": clients, "samples_per_client": samples,
-        "shards": len(ex.shard_client_ids), "clients_per_shard": ex.clients_per_shard,
-        "startup_s": startup_s, "epoch_s": epoch_s, "train_s": result.train_wall_s,
-        "eval_s": result.eval_wall_s, "samples_per_s": clients * samples / result.train_wall_s,
-        "peak_GiB": peak.peak_bytes / GIB, "val_acc": result.val.accuracy,
+        "setup": name, "method": method, "executor": executor, "clients": clients,
+        "samples_per_client": samples, "shards": len(ex.shard_client_ids),
+        "clients_per_shard": ex.clients_per_shard, "data_s": data_s, "startup_s": startup_s,
+        "epoch_s": epoch_s, "train_s": result.train_wall_s, "eval_s": result.eval_wall_s,
+        "samples_per_s": clients * samples / result.train_wall_s, "peak_GiB": peak.peak_bytes / GIB,
+        "val_acc": result.val.accuracy,
     }  # fmt: skip
 
 

@@ -106,6 +106,8 @@ DATASETS = {
     "fashion-mnist": DatasetInfo("fashion-mnist", 60_000, 10_000, 10_000),
     # Same shapes and sizes as Fashion-MNIST, for benchmarks and fast tests only.
     "synthetic": DatasetInfo("synthetic", 60_000, 10_000, 10_000),
+    # The same, drawn larger: 10,000 clients x 50 samples (benchmarks/scale_10k.py).
+    "synthetic-large": DatasetInfo("synthetic-large", 520_000, 10_000, 10_000),
     "cifar10": DatasetInfo("cifar10", 50_000, 10_000, val_size_for(50_000, 10), (3, 32, 32), 10),
     "cifar100": DatasetInfo("cifar100", 50_000, 10_000, val_size_for(50_000, 100), (3, 32, 32), 100),
 }

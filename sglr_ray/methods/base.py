@@ -107,6 +107,8 @@ def scaled_gradients(batch: ServerBatch, grad: torch.Tensor) -> dict[int, torch.
     """G_i = dL_i/ds_i = (N/n_i) dL/ds_i for L the mean loss over the whole batch: a client's
     gradient does not depend on how many clients share the batch (SPEC section 2, step 4)."""
     total = len(batch.labels)
+    # A tensor of its own per client, not a view of `grad`: pickled for an actor, a view would
+    # carry the whole batch's storage along (each of 1000 clients' gradients, 256 MB).
     return {c: grad[rows] * (total / n) for (c, rows), n in zip(batch.rows(), batch.sizes, strict=True)}
 
 

@@ -1,6 +1,6 @@
-"""ClientShard: one or more clients, each with its own model, optimizer and data: what every
-shard does (models, optimizers and learning rates, batches, weights for FedAvg and hand-overs,
-checkpoints, evaluation).
+"""ClientShard: one or more clients, each with its own weights, optimizer state and data
+(kept compactly: nodes/client_state.py): what every shard does (models, optimizers and
+learning rates, batches, weights for FedAvg and hand-overs, checkpoints, evaluation).
 
 Plain torch, no Ray: the Ray executor wraps a shard in a thin actor, the local
 executor calls it directly. Two kinds build on this base (`make_shard` picks by
@@ -16,6 +16,7 @@ no optimizer state is kept or checkpointed.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,11 +26,11 @@ from torch import nn
 from sglr_ray.data import ImageSet, PreparedData, eval_slice
 from sglr_ray.methods.aggregate import weighted_state_sum
 from sglr_ray.nodes.batches import BatchDrawer
+from sglr_ray.nodes.client_state import ClientStates
 from sglr_ray.nodes.models import has_randomness, state_nbytes, step_randomness, weights_copy
 from sglr_ray.nodes.optim import (
     LrSchedule,
     autocast,
-    make_optimizer,
     optimizer_state_copy,
     set_lr,
 )
@@ -40,6 +41,9 @@ from sglr_ray.nodes.specs import NodeSettings
 
 @dataclass
 class Client:
+    """A client being stepped: a model and an optimizer built for the step (for split shards,
+    views of its rows of the shard's ClientStates, dropped after the step), and its data."""
+
     client_id: int
     model: nn.Module  # the bottom model; the whole model for cl; fl: the shard's one working model
     optimizer: torch.optim.Optimizer
@@ -56,7 +60,12 @@ def client_partitions(config: NodeSettings, data: PreparedData) -> list[ImageSet
 
 
 class ClientShard:
-    """The clients `client_ids`, with their partitions; `val`/`test` are shared evaluation sets."""
+    """The clients `client_ids`, with their partitions; `val`/`test` are shared evaluation sets.
+
+    Clients are rows 0..C-1 of the shard, in `client_ids` order. Their weights and optimizer
+    state live in `states` (nodes/client_state.py); a model and optimizer exist only for a
+    client being stepped (`_checkout`, `_checkin`) and one scratch model is rebound to the
+    client being read (`_read_model`)."""
 
     _one_model = False  # FL's local shard: the clients share one working model (local_shard.py)
 
@@ -77,56 +86,86 @@ class ClientShard:
         self._parts = config.model_parts
         self._resets = config.resets_client_optimizers  # --client-optimizer-state
         self._fresh_in: dict[int, int] = {}  # client_id -> the epoch its optimizer was last reset in
-        self.clients: list[Client] = []
-        for client_id, data in zip(client_ids, partitions, strict=True):
-            # Arrays from Ray's object store are read-only, hence the copy.
-            self.clients.append(self._new_client(client_id, data.writable_copy()))
+        self.client_ids = list(client_ids)
+        self._row = {client_id: row for row, client_id in enumerate(self.client_ids)}
+        # Arrays from Ray's object store are read-only, hence the copy.
+        self.data = [data.writable_copy() for data in partitions]
+        # Every client starts from the same weights, as if the server had handed out one model.
+        self._template = self.role.build_client(self._parts).to(self.device)
+        self._lr = config.lr  # the epoch's client rate (_set_epoch_lr)
+        self.states = self._make_states()
+        self._scratch = copy.deepcopy(self._template)  # rebound to the client being read
         self.eval_sets = {"val": val.writable_copy(), "test": test.writable_copy()}
         eval_top = self.role.build_server(self._parts)  # the server's weights are loaded into it
         self._eval_top = None if eval_top is None else eval_top.to(self.device)
         self._batches = BatchDrawer(config, self.device)
         self._schedule = LrSchedule.parse(config.lr_schedule)
-        self._draws = has_randomness(self.clients[0].model)  # dropout: masks seeded per step
+        self._draws = has_randomness(self._template)  # dropout: masks seeded per step
         self._clients_built()
+
+    def _make_states(self) -> ClientStates | None:
+        return ClientStates(self._template, len(self.client_ids), self.config.optimizer, self.config.lr)
 
     def _clients_built(self) -> None:
         """What a kind of shard sets up once its clients exist (local_shard.py: FL's round)."""
 
-    def _new_client(self, client_id: int, data: ImageSet) -> Client:
-        """A client with its starting model and optimizer. Every client starts from the same
-        weights, as if the server had handed out one initial model."""
-        model = self.role.build_client(self._parts).to(self.device)
-        optimizer = make_optimizer(model.parameters(), self.config.optimizer, self.config.lr)
-        return Client(client_id, model, optimizer, data)
+    # --- a client's model: for a step, or to read ---------------------------------------
+
+    def _checkout(self, row: int) -> Client:
+        """Client `row` ready to step: a model and optimizer holding its state (views of its
+        rows, at the epoch's rate). Hand it to `_checkin` after its step."""
+        model = self.states.module(row)
+        optimizer = self.states.optimizer(row, model)
+        set_lr(optimizer, self._lr)
+        return Client(self.client_ids[row], model, optimizer, self.data[row])
+
+    def _checkin(self, client: Client) -> None:
+        """Keep what a step did to a checked-out client's optimizer (its weights are the rows)."""
+        self.states.store_optimizer(self._row[client.client_id], client.model, client.optimizer)
+
+    def _read_model(self, row: int) -> nn.Module:
+        """Client `row`'s model to read (score, upload): valid until the next call."""
+        return self.states.bind(self._scratch, row)
+
+    def _clear_optimizers(self, rows: list[int]) -> None:
+        """Fresh optimizers for clients `rows` from their next step."""
+        self.states.reset_optimizers(rows)
+
+    def _optimizer_state(self, row: int) -> dict:
+        """Client `row`'s optimizer state_dict, copied (what a checkpoint holds)."""
+        return optimizer_state_copy(self._checkout(row).optimizer)
+
+    def _load_optimizer_state(self, row: int, saved: dict) -> None:
+        client = self._checkout(row)
+        client.optimizer.load_state_dict(saved)
+        self._checkin(client)
+
+    # --- a step ---------------------------------------------------------------------------
 
     def _autocast(self):
         return autocast(self.config.precision, self.device)
 
-    def _set_epoch_lr(self, clients: list[Client], epoch: int) -> None:
-        lr = self.config.lr * self._schedule.multiplier(epoch, self.config.epochs)
-        for client in clients:
-            self._reset_optimizer(client, epoch)
-            set_lr(client.optimizer, lr)
+    def _set_epoch_lr(self, rows: list[int], epoch: int) -> None:
+        """The epoch's rate for the clients stepped next; under --client-optimizer-state reset a
+        client's first step of a round (an epoch) starts from a fresh optimizer, as FedAvg and
+        Flower do; keep leaves the state alone."""
+        self._lr = self.config.lr * self._schedule.multiplier(epoch, self.config.epochs)
+        if not self._resets:
+            return
+        stale = [row for row in rows if self._fresh_in.get(self.client_ids[row]) != epoch]
+        if stale:
+            self._clear_optimizers(stale)
+            for row in stale:
+                self._fresh_in[self.client_ids[row]] = epoch
 
-    def _reset_optimizer(self, client: Client, epoch: int) -> None:
-        """--client-optimizer-state reset: a client's first step of a round (an epoch) starts
-        from a fresh optimizer, as FedAvg and Flower do; keep leaves the state alone."""
-        if self._resets and self._fresh_in.get(client.client_id) != epoch:
-            client.optimizer.state.clear()  # Adam and SGD build their state afresh from empty
-            self._fresh_in[client.client_id] = epoch
-
-    @property
-    def client_ids(self) -> list[int]:
-        return [c.client_id for c in self.clients]
-
-    def _select(self, client_ids: list[int] | None) -> list[Client]:
+    def _rows(self, client_ids: list[int] | None) -> list[int]:
+        """The rows of `client_ids` (None: every client), in the order given."""
         if client_ids is None:
-            return self.clients
-        wanted = set(client_ids)
-        chosen = [c for c in self.clients if c.client_id in wanted]
-        if len(chosen) != len(client_ids):
-            raise ValueError(f"clients {client_ids} are not all in this shard ({self.client_ids})")
-        return chosen
+            return list(range(len(self.client_ids)))
+        missing = [c for c in client_ids if c not in self._row]
+        if missing:
+            raise ValueError(f"clients {missing} are not in this shard ({self.client_ids})")
+        return [self._row[c] for c in client_ids]
 
     def autocast(self) -> Any:
         """The run's autocast context (--precision)."""
@@ -135,35 +174,46 @@ class ClientShard:
     def randomness(self, client: Client, epoch: int, step: int) -> Any:
         """A client's random draws (dropout masks) in a step of a method's own (methods/usl.py's
         tail step), seeded as its forward's are: the same on both executors."""
-        return self._randomness(client, epoch, step)
+        return self._randomness(client.client_id, epoch, step)
 
-    def _randomness(self, client: Client, epoch: int, step: int) -> Any:
+    def _randomness(self, client_id: int, epoch: int, step: int) -> Any:
         """A client's random draws in a step (dropout) seeded by (seed, client, epoch, step)."""
-        return step_randomness(self._draws, self.device, self.config.seed, client.client_id, epoch, step)
+        return step_randomness(self._draws, self.device, self.config.seed, client_id, epoch, step)
 
-    def _batch(self, client: Client, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """A client's inputs and labels for (epoch, step) (nodes/batches.py)."""
-        return self._batches.batch(client.client_id, client.data, epoch, step)
+    def _batch(self, row: int, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Client `row`'s inputs and labels for (epoch, step) (nodes/batches.py)."""
+        return self._batches.batch(self.client_ids[row], self.data[row], epoch, step)
 
     # --- weights: FedAvg (SFL, FL), SSL's hand-over, the leakage attack ----------------
 
     def upload_models(self, client_ids: list[int] | None = None) -> ModelUpload:
         """This shard's part of FedAvg: model states weighted by partition size, summed, over its
         clients (or those named: the round's)."""
-        chosen = self._select(client_ids)
-        states = [{k: v.detach().cpu() for k, v in c.model.state_dict().items()} for c in chosen]
-        weights = [float(len(c.data)) for c in chosen]
+        rows = self._rows(client_ids)
+        states = [{k: v.detach().cpu() for k, v in self.states.state_dict(row).items()} for row in rows]
+        weights = [float(len(self.data[row])) for row in rows]
         return ModelUpload(
-            client_ids=[c.client_id for c in chosen],
+            client_ids=[self.client_ids[row] for row in rows],
             weighted_state_sum=weighted_state_sum(states, weights),
             total_weight=sum(weights),
-            state_nbytes=state_nbytes(self.clients[0].model),
+            state_nbytes=state_nbytes(self._template),
         )
 
     def model_state(self, client_id: int) -> dict[str, torch.Tensor]:
         """One client's model weights (SSL hands them on; the leakage attack freezes them)."""
-        (client,) = self._select([client_id])
-        return weights_copy(client.model)
+        (row,) = self._rows([client_id])
+        return weights_copy(self._read_model(row))
+
+    def client_model(self, client_id: int) -> nn.Module:
+        """A model of the client whose weights are views of its state (reads see later steps,
+        writes change the client): for tests and tools; the shard itself keeps none."""
+        (row,) = self._rows([client_id])
+        return self._read_model(row) if self.states is None else self.states.module(row)
+
+    def holds_optimizer_state(self, client_id: int) -> bool:
+        """Whether the client's optimizer has state (False: its next step starts a fresh one)."""
+        (row,) = self._rows([client_id])
+        return bool(self._optimizer_state(row)["state"])
 
     def load_model_state(self, state: dict[str, torch.Tensor], client_ids: list[int] | None = None) -> None:
         """Load `state` into every client of the shard, or only those named.
@@ -171,10 +221,10 @@ class ClientShard:
         Under reset a loaded client's optimizer state goes now (FedAvg's mean, SSL's
         hand-over: a new round for it), not at its next step: it is not kept between epochs.
         """
-        for client in self._select(client_ids):
-            client.model.load_state_dict(state)
-            if self._resets:
-                client.optimizer.state.clear()
+        rows = self._rows(client_ids)
+        self.states.load(state, rows)
+        if self._resets:
+            self._clear_optimizers(rows)
 
     # --- checkpoints -------------------------------------------------------------------
 
@@ -189,25 +239,25 @@ class ClientShard:
         """
         shared = self.config.spec.averages_clients
         clients: dict[int, dict] = {}
-        for c in self.clients:
-            saved = {} if shared else {"model": weights_copy(c.model)}
+        for row, client_id in enumerate(self.client_ids):
+            saved = {} if shared else {"model": weights_copy(self._read_model(row))}
             if not self._resets:
-                saved["optimizer"] = optimizer_state_copy(c.optimizer)
-            clients[c.client_id] = saved
-        return {"model": weights_copy(self.clients[0].model) if shared else None, "clients": clients}
+                saved["optimizer"] = self._optimizer_state(row)
+            clients[client_id] = saved
+        return {"model": weights_copy(self._read_model(0)) if shared else None, "clients": clients}
 
     def load_state(self, state: dict) -> None:
         """Return every client to a checkpointed state (see `state`); a half-done step is forgotten."""
         if self._one_model:
             self.load_model_state(state["model"])
-        for client in self.clients:
-            saved = state["clients"][client.client_id]
+        for row, client_id in enumerate(self.client_ids):
+            saved = state["clients"][client_id]
             if not self._one_model:
-                client.model.load_state_dict(saved.get("model", state["model"]))
+                self.states.load(saved.get("model", state["model"]), [row])
             if "optimizer" in saved and not self._resets:
-                client.optimizer.load_state_dict(saved["optimizer"])
+                self._load_optimizer_state(row, saved["optimizer"])
             else:  # a fresh optimizer, as at the start of a round
-                client.optimizer.state.clear()
+                self._clear_optimizers([row])
         self._fresh_in.clear()
 
     # --- evaluation ---------------------------------------------------------------------
@@ -232,10 +282,11 @@ class ClientShard:
         if server_model is not None:
             server_model.load_state_dict(top_state)
         scores = {}
-        for client in self._select(client_ids):
-            part = slice(None) if whole else eval_slice(len(labels), self.config.clients, client.client_id)
+        for row in self._rows(client_ids):
+            client_id = self.client_ids[row]
+            part = slice(None) if whole else eval_slice(len(labels), self.config.clients, client_id)
             x, y = images.subset(part), labels[part]
-            first, second = self.role.eval_pair(client.model, server_model)
+            first, second = self.role.eval_pair(self._read_model(row), server_model)
             correct = count_correct(first, second, x, y, self.device, self._autocast)
-            scores[client.client_id] = (correct, len(y))
+            scores[client_id] = (correct, len(y))
         return scores

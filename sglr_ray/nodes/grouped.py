@@ -1,24 +1,30 @@
-"""K clients' bottom models run as ONE model: a shard steps all its clients in a few large calls.
+"""K clients' bottom models run as a few grouped models: a shard steps all its clients in a few large calls.
 
 The bottom models (nodes/models.py) hold only Conv2d, BatchNorm2d, ReLU, pooling
 and residual adds, all of which keep channels apart. So K copies of a bottom run
 as one model whose Conv2d(cin, cout) is Conv2d(K*cin, K*cout, groups=K) and whose
 BatchNorm2d(c) is BatchNorm2d(K*c): client k's batch sits on channel group k and
 every layer keeps the groups apart (BatchNorm's per-channel statistics over a
-client's own batch are exactly per-client BatchNorm). Backward through the one
-graph leaves each client's weight gradients in its own slice, and Adam and SGD
-with momentum are element-wise, so ONE optimizer over the grouped parameters is
-K per-client optimizers with the same rate.
+client's own batch are exactly per-client BatchNorm). Backward through the graph
+leaves each client's weight gradients in its own slice, and Adam and SGD with
+momentum are element-wise, so ONE optimizer over the grouped parameters is K
+per-client optimizers with the same rate.
 
-The group is the single source of truth. Each client's model parameters and
-buffers are views of its slice of the grouped ones, so `client.model` always
-holds the current weights (evaluation, FedAvg uploads, SSL hand-over and
-checkpoints read it) and loading weights into it writes the group. After the
-first step each client's optimizer state is a view of its slice of the grouped
-optimizer's state too, so a client's `optimizer.state_dict()` is what the
-per-client loop would have. `in_sync` notices a replaced model or optimizer or
-a cleared or reloaded optimizer state (say, optimizers reset after FedAvg);
-`gather` then rebuilds the group from the clients.
+The shard's ClientStates (nodes/client_state.py) is the single source of truth:
+a compute group of clients a..b-1 is a grouped model whose parameters, buffers
+and optimizer moments are the views block[a:b] of the store, so stepping it
+writes the clients' rows with no copy. Step counts (one per grouped tensor) are
+copied back after each step, and the store's `version` tells the group when
+something else changed the clients (a reset optimizer, loaded weights, a
+per-client step): it then re-reads their optimizer state.
+
+Activation memory. PSL's step forwards every client, waits for the server, then
+back-propagates: keeping every group's graph across the server step costs
+K x b samples of activations (gigabytes for thousands of clients). Past
+`graph_samples` samples the forward runs without a graph and `step` runs each
+compute group's forward again, back-propagates it and frees it before the
+next: one more bottom forward per step, bounded memory, the same numbers
+(the same operations on the same inputs).
 
 The per-client loop in ClientShard stays for everything else: SSL's turns,
 GPSL's uneven batches, the whole-model baselines.
@@ -26,12 +32,15 @@ GPSL's uneven batches, the whole-model baselines.
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
+from sglr_ray.nodes.client_state import ClientStates
 from sglr_ray.nodes.models import BasicBlock
 from sglr_ray.nodes.optim import make_optimizer
 
@@ -74,12 +83,6 @@ def _grouped_layer(layer: nn.Module, k: int) -> nn.Module:
     return grouped
 
 
-def _slice_rows(grouped: torch.Tensor, k: int, rows: int) -> torch.Tensor:
-    """Client k's part of a grouped tensor: rows [k*rows, (k+1)*rows) of dim 0; 0-dim tensors
-    (BatchNorm's batch counter, an optimizer's step count) are shared by every client."""
-    return grouped if grouped.dim() == 0 else grouped[k * rows : (k + 1) * rows]
-
-
 # Clients per grouped model on the CPU. One group of a whole shard (1000 clients) makes
 # every activation a gigabyte that each layer streams through memory; groups of a few
 # clients keep a layer's tensors in cache and still drop the per-client calls. AlexNet,
@@ -87,168 +90,169 @@ def _slice_rows(grouped: torch.Tensor, k: int, rows: int) -> torch.Tensor:
 # 25% faster than one group of 256, 6% faster than the bare per-client loop, and vmap is
 # 1.7 times the loop. A GPU takes the whole shard as one group.
 CPU_CLIENTS_PER_GROUP = 8
+# Samples (clients x b) whose bottom activations a shard keeps across the server step; past
+# it, `step` recomputes each group's forward. AlexNet's bottom keeps about 200 KB a sample:
+# 4096 samples are under 1 GB, where 5000 clients x 8 would be 8 GB.
+GRAPH_SAMPLES = 4096
 
 
 class GroupedBottoms:
-    """The bottom models and optimizers of K clients, trained as a few grouped models.
-
-    `models[k]` and `optimizers[k]` are client k's; the models must be identical in
-    structure (`groupable`). Consecutive clients share a grouped model, `clients_per_group`
-    to one (default: CPU_CLIENTS_PER_GROUP on the CPU, all K on a GPU); ONE optimizer steps
-    every group. The clients' current weights and optimizer state become the groups', and
-    from then on they are views of them.
-    """
+    """The bottom models of a shard's clients (their rows of `states`), trained as a few
+    grouped models of `clients_per_group` consecutive clients (default: CPU_CLIENTS_PER_GROUP
+    on the CPU, all of them on a GPU); ONE optimizer steps every group. `template` is a
+    client model (`groupable`) on the device the store lives on."""
 
     def __init__(
         self,
-        models: Sequence[nn.Module],
-        optimizers: Sequence[torch.optim.Optimizer],
-        optimizer_name: str,
-        lr: float,
+        states: ClientStates,
+        template: nn.Module,
         clients_per_group: int | None = None,
+        graph_samples: int | None = None,
     ) -> None:
-        if not models or not all(groupable(m) for m in models):
+        if not groupable(template):
             raise ValueError("grouped clients need bottom models of Conv2d, BatchNorm2d, ReLU and pooling")
-        device = next(models[0].parameters()).device
-        self.k = len(models)
-        size = clients_per_group or (self.k if device.type == "cuda" else CPU_CLIENTS_PER_GROUP)
+        self.k, self.states = states.count, states
+        on_gpu = states.weights.device.type == "cuda"
+        size = clients_per_group or (self.k if on_gpu else CPU_CLIENTS_PER_GROUP)
         if size < 1:
             raise ValueError(f"clients_per_group must be at least 1, got {size}")
-        self._groups = [range(start, min(start + size, self.k)) for start in range(0, self.k, size)]
-        # client k sits in group _place[k][0], at position _place[k][1]
-        self._place = [(g, j) for g, members in enumerate(self._groups) for j in range(len(members))]
-        self.modules = [
-            _grouped_layer(models[0], len(members)).to_empty(device=device).train()
-            for members in self._groups
-        ]
-        self._tensors = [dict(m.state_dict(keep_vars=True)) for m in self.modules]  # name -> tensor
+        self.graph_samples = GRAPH_SAMPLES if graph_samples is None else graph_samples
+        self._groups = [slice(start, min(start + size, self.k)) for start in range(0, self.k, size)]
+        self.modules = [self._bound_group(template, rows) for rows in self._groups]
         self._params = [dict(m.named_parameters()) for m in self.modules]
-        self.optimizer = make_optimizer([p for m in self.modules for p in m.parameters()], optimizer_name, lr)
-        self.gather(models, optimizers)
+        self.optimizer = make_optimizer(
+            [p for m in self.modules for p in m.parameters()], states.optimizer_name, states.lr
+        )
+        self._seen_version = -1  # the store's version the optimizer state was read at
+        self._inputs: torch.Tensor | None = None  # the forward's inputs, where `step` recomputes
+
+    @classmethod
+    def from_models(
+        cls, models: Sequence[nn.Module], optimizer_name: str, lr: float, clients_per_group: int | None = None
+    ) -> GroupedBottoms:
+        """A store of `models`' current weights (fresh optimizers), grouped: for benchmarks that
+        start from modules; `states.module(k)` reads client k back."""
+        states = ClientStates(models[0], len(models), optimizer_name, lr)
+        for k, model in enumerate(models):
+            states.load(model.state_dict(), [k])
+        return cls(states, models[0], clients_per_group)
+
+    def _bound_group(self, template: nn.Module, rows: slice) -> nn.Module:
+        """The grouped model of clients `rows`, its tensors views of their blocks of the store
+        (0-dim buffers, BatchNorm's batch counter, are one per group: see `_counters`)."""
+        module = _grouped_layer(template, rows.stop - rows.start).train()
+        for sub_name, sub in module.named_modules():
+            prefix = f"{sub_name}." if sub_name else ""
+            for name, param in list(sub._parameters.items()):
+                if param is not None:
+                    view = self.states.blocks[prefix + name][rows].view(param.shape)
+                    sub._parameters[name] = nn.Parameter(view)  # shares the store's memory
+            for name, buffer in list(sub._buffers.items()):
+                if buffer is not None:
+                    block = self.states.blocks[prefix + name][rows]
+                    sub._buffers[name] = block[0].clone() if buffer.dim() == 0 else block.view(buffer.shape)
+        return module
 
     # --- training -----------------------------------------------------------------------
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (K, b, *input shape), client k's batch at [k] -> smashed data (K*b, *smashed shape),
-        client k's rows at [k*b, (k+1)*b): the clients' outputs concatenated. Keeps the graph."""
+        client k's rows at [k*b, (k+1)*b): the clients' outputs concatenated. Keeps the graph
+        (up to `graph_samples` samples; past it, `step` recomputes it)."""
         if x.shape[0] != self.k:
             raise ValueError(f"{x.shape[0]} client batches for {self.k} grouped clients")
-        outs = [_run_group(m, x[g.start : g.stop]) for m, g in zip(self.modules, self._groups, strict=True)]
+        self._read_optimizer_state()
+        if x.shape[0] * x.shape[1] <= self.graph_samples:
+            self._inputs = None
+            return self._run_all(x)
+        saved = {name: block.clone() for name, block in self._buffer_blocks().items()}
+        with torch.no_grad():  # running statistics move once: in `step`'s forward
+            out = self._run_all(x)
+        for name, block in self._buffer_blocks().items():
+            block.copy_(saved[name])
+        self._inputs = x
+        return out
+
+    def _run_all(self, x: torch.Tensor) -> torch.Tensor:
+        outs = [self._run(m, g, x[g]) for m, g in zip(self.modules, self._groups, strict=True)]
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
-    def step(self, smashed: torch.Tensor, grad: torch.Tensor) -> None:
-        """Back-propagate `grad` (rows as in `smashed`, the output of `forward`) and step every client."""
+    def _run(self, module: nn.Module, rows: slice, x: torch.Tensor) -> torch.Tensor:
+        """One compute group's forward; its batch counters go to its clients' rows."""
+        counters = self._counters(module, rows)
+        for block, counter in counters:
+            counter.copy_(block[0])
+        out = _run_group(module, x)
+        with torch.no_grad():
+            for block, counter in counters:
+                block.copy_(counter.expand_as(block))
+        return out
+
+    def _counters(self, module: nn.Module, rows: slice) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [
+            (self.states.blocks[name][rows], buffer)
+            for name, buffer in module.named_buffers()
+            if buffer.dim() == 0
+        ]
+
+    def _buffer_blocks(self) -> dict[str, torch.Tensor]:
+        params = set(self.states.param_names)
+        return {name: block for name, block in self.states.blocks.items() if name not in params}
+
+    def step(
+        self,
+        smashed: torch.Tensor,
+        grad: torch.Tensor | Sequence[torch.Tensor],
+        autocast: Callable[[], Any] = contextlib.nullcontext,
+    ) -> None:
+        """Back-propagate `grad` (rows as in `smashed`, the output of `forward`; or one tensor per
+        client, in client order) and step every client; where `forward` kept no graph, each
+        group's forward runs again under `autocast`, and takes only its own clients' gradients
+        (a concatenation of all of them would be one more copy of the step's smashed data)."""
+        per_client = not torch.is_tensor(grad)
         self.optimizer.zero_grad(set_to_none=True)
-        smashed.backward(grad)
+        if self._inputs is None:
+            smashed.backward(torch.cat(list(grad)) if per_client else grad)
+        else:
+            start = 0
+            for module, rows in zip(self.modules, self._groups, strict=True):
+                with autocast():
+                    out = self._run(module, rows, self._inputs[rows])
+                out.backward(torch.cat(list(grad[rows])) if per_client else grad[start : start + len(out)])
+                start += len(out)
+            self._inputs = None
         self.optimizer.step()
-        if self._first_entries[0] is None:  # the first step created the optimizer state
-            self._bind_optimizer_state()
+        self._write_optimizer_state()
 
-    # --- the clients' views -------------------------------------------------------------
+    # --- optimizer state: the store's rows ----------------------------------------------
 
-    def in_sync(self, models: Sequence[nn.Module], optimizers: Sequence[torch.optim.Optimizer]) -> bool:
-        """Whether the clients still hold the models and optimizers bound to the groups, with the
-        optimizer state they gave them (cheap: one look-up per client)."""
-        return all(
-            model is bound_model and optimizer is bound_opt and optimizer.state.get(param) is entry
-            for model, optimizer, bound_model, bound_opt, param, entry in zip(
-                models, optimizers, self._models, self._optimizers, self._first_params,
-                self._first_entries, strict=True,
-            )
-        )  # fmt: skip
-
-    @torch.no_grad()
-    def gather(self, models: Sequence[nn.Module], optimizers: Sequence[torch.optim.Optimizer]) -> None:
-        """Make the clients' current weights, buffers and optimizer state the groups', then make
-        the clients' models and optimizer state views of them again."""
-        if len(models) != self.k or len(optimizers) != self.k:
-            raise ValueError(f"{len(models)} models and {len(optimizers)} optimizers for {self.k} clients")
-        states = [m.state_dict() for m in models]
-        for tensors, members in zip(self._tensors, self._groups, strict=True):
-            for name, tensor in tensors.items():
-                parts = [states[k][name] for k in members]
-                tensor.copy_(parts[0] if tensor.dim() == 0 else torch.cat(parts))
-        self._models, self._optimizers = list(models), list(optimizers)
-        self._bind_models()
-        self._gather_optimizer_state()
-        self._bind_optimizer_state()
-
-    def _named_params(self, model: nn.Module) -> list[tuple[str, nn.Parameter]]:
-        named = list(model.named_parameters())
-        if [n for n, _ in named] != list(self._params[0]):
-            raise ValueError(f"a client's parameters {[n for n, _ in named]} are not the group's")
-        return named
-
-    def _bind_models(self) -> None:
-        """Every client parameter and buffer becomes a view of its slice of its group's."""
-        for model, (g, j) in zip(self._models, self._place, strict=True):
-            for name, param in self._named_params(model):
-                param.data = _slice_rows(self._params[g][name].detach(), j, param.shape[0])
-            for module_name, module in model.named_modules():
-                for name, buffer in list(module._buffers.items()):
-                    if buffer is not None:
-                        grouped = self._tensors[g][f"{module_name}.{name}" if module_name else name]
-                        rows = buffer.shape[0] if buffer.dim() else 0
-                        module._buffers[name] = _slice_rows(grouped, j, rows)
-        self._first_params = [next(iter(m.parameters())) for m in self._models]
-
-    def _gather_optimizer_state(self) -> None:
-        """The grouped optimizer's state from the clients': all fresh, or all stepped alike."""
-        per_client = [
-            {name: opt.state.get(p) for name, p in self._named_params(m)}
-            for m, opt in zip(self._models, self._optimizers, strict=True)
-        ]
-        self.optimizer.state.clear()
-        fresh = [not any(entries.values()) for entries in per_client]
-        if all(fresh):
+    def _read_optimizer_state(self) -> None:
+        """Bind each group's optimizer state to its clients' moment rows; fresh clients (reset,
+        never stepped) start with none, as a new optimizer would. Only after outside changes."""
+        if self.states.version == self._seen_version:
             return
-        if any(fresh):
-            raise ValueError("some grouped clients have optimizer state and some do not")
-        first = per_client[0]
-        for params, members in zip(self._params, self._groups, strict=True):
-            for name, grouped in params.items():
-                entry = {}
-                for key, value in first[name].items():
-                    values = [per_client[k][name][key] for k in members]
-                    if torch.is_tensor(value) and value.dim() > 0:
-                        entry[key] = torch.cat(values).to(grouped.device)
-                        continue
-                    # a step count: one per grouped parameter, so it must be every client's
-                    if any(not torch.equal(torch.as_tensor(v), torch.as_tensor(value)) for v in values):
-                        raise ValueError(f"the clients' optimizer {key!r} differs; they cannot step as one")
-                    entry[key] = value.clone() if torch.is_tensor(value) else value
-                self.optimizer.state[grouped] = entry
-
-    def _bind_optimizer_state(self) -> None:
-        """Every client's optimizer state becomes views of its slice of the grouped state."""
         state = self.optimizer.state
-        for model, optimizer, (g, j) in zip(self._models, self._optimizers, self._place, strict=True):
-            for name, param in self._named_params(model):
-                grouped = state.get(self._params[g][name])
-                if not grouped:
-                    optimizer.state.pop(param, None)
-                    continue
-                optimizer.state[param] = {
-                    key: _slice_rows(v, j, param.shape[0]) if torch.is_tensor(v) else v
-                    for key, v in grouped.items()
-                }
-        self._first_entries = [
-            opt.state.get(p) for opt, p in zip(self._optimizers, self._first_params, strict=True)
-        ]
+        for params, rows in zip(self._params, self._groups, strict=True):
+            fresh = self.states.fresh[rows]
+            if bool(fresh.all()):
+                for param in params.values():
+                    state.pop(param, None)
+            elif bool(fresh.any()):
+                raise ValueError("some grouped clients have optimizer state and some do not")
+            else:
+                for name, param in params.items():
+                    state[param] = self.states.group_optimizer_entry(rows, name, param.shape)
+        self._seen_version = self.states.version
 
-    def release(self) -> None:
-        """Hand the clients back to the per-client loop: give each client its own copies of the
-        tensors a group shares (step counts, BatchNorm's batch counters). Weights and moments
-        stay views of the (no longer stepped) groups' storage; each client writes only its own."""
-        for model, optimizer in zip(self._models, self._optimizers, strict=True):
-            for module in model.modules():
-                for name, buffer in list(module._buffers.items()):
-                    if buffer is not None and buffer.dim() == 0:
-                        module._buffers[name] = buffer.clone()
-            for entry in optimizer.state.values():
-                for key, v in entry.items():
-                    if torch.is_tensor(v) and v.dim() == 0:
-                        entry[key] = v.clone()
+    def _write_optimizer_state(self) -> None:
+        """After a step: the step counts to the store, and a group's first state (the optimizer
+        made it) copied into the store's rows, then bound to them."""
+        for params, rows in zip(self._params, self._groups, strict=True):
+            first = bool(self.states.fresh[rows.start])
+            self.states.store_group_optimizer(rows, params, self.optimizer.state)
+            if first:
+                for name, param in params.items():
+                    self.optimizer.state[param] = self.states.group_optimizer_entry(rows, name, param.shape)
 
 
 def _run_group(module: nn.Module, x: torch.Tensor) -> torch.Tensor:

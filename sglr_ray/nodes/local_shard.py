@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import torch
 
-from sglr_ray.data import ImageSet
 from sglr_ray.methods.aggregate import weighted_state_sum
 from sglr_ray.nodes.client import Client, ClientShard
+from sglr_ray.nodes.client_state import ClientStates
 from sglr_ray.nodes.models import state_nbytes
-from sglr_ray.nodes.optim import classification_loss, make_optimizer
+from sglr_ray.nodes.optim import classification_loss, make_optimizer, optimizer_state_copy, set_lr
 from sglr_ray.nodes.protocol import ModelUpload
 
 
@@ -26,21 +26,59 @@ class LocalShard(ClientShard):
         """FL: the clients share one working model, trained in turn from the global weights."""
         return self.config.spec.averages_clients
 
+    def _make_states(self) -> ClientStates | None:
+        """FL keeps no per-client weights: its clients train the one working model in turn
+        (`_template`), with one optimizer (reset) or one each (keep) over it."""
+        if not self._one_model:
+            return super()._make_states()
+        count = 1 if self._resets else len(self.client_ids)
+        self._optimizers = [
+            make_optimizer(self._template.parameters(), self.config.optimizer, self.config.lr)
+            for _ in range(count)
+        ]
+        return None
+
     def _clients_built(self) -> None:
         # FL: the weights every client starts the round from, and the round's running
         # FedAvg sum (sum_i n_i * state_i in float64, sum_i n_i) for upload_models.
-        first = self.clients[0].model.state_dict()
+        first = self._template.state_dict()
         self._global = {k: v.detach().clone() for k, v in first.items()} if self._one_model else None
         self._round: tuple[dict[str, torch.Tensor], float] | None = None
 
-    def _new_client(self, client_id: int, data: ImageSet) -> Client:
-        if not (self._one_model and self.clients):
-            return super()._new_client(client_id, data)
-        model = self.clients[0].model  # FL: the shard's one working model
-        if self._resets:
-            return Client(client_id, model, self.clients[0].optimizer, data)
-        optimizer = make_optimizer(model.parameters(), self.config.optimizer, self.config.lr)
-        return Client(client_id, model, optimizer, data)
+    def _optimizer_of(self, row: int) -> torch.optim.Optimizer:
+        return self._optimizers[0 if self._resets else row]
+
+    def _checkout(self, row: int) -> Client:
+        if not self._one_model:
+            return super()._checkout(row)
+        optimizer = self._optimizer_of(row)
+        set_lr(optimizer, self._lr)
+        return Client(self.client_ids[row], self._template, optimizer, self.data[row])
+
+    def _checkin(self, client: Client) -> None:
+        if not self._one_model:  # FL: the working model and its optimizers are the state
+            super()._checkin(client)
+
+    def _read_model(self, row: int) -> torch.nn.Module:
+        return self._template if self._one_model else super()._read_model(row)
+
+    def _clear_optimizers(self, rows: list[int]) -> None:
+        if not self._one_model:
+            super()._clear_optimizers(rows)
+            return
+        for row in rows:
+            self._optimizer_of(row).state.clear()
+
+    def _optimizer_state(self, row: int) -> dict:
+        if not self._one_model:
+            return super()._optimizer_state(row)
+        return optimizer_state_copy(self._optimizer_of(row))
+
+    def _load_optimizer_state(self, row: int, saved: dict) -> None:
+        if not self._one_model:
+            super()._load_optimizer_state(row, saved)
+            return
+        self._optimizer_of(row).load_state_dict(saved)
 
     def train_local(
         self, epoch: int, passes: int = 1, client_ids: list[int] | None = None
@@ -52,20 +90,22 @@ class LocalShard(ClientShard):
         """
         loss_sum, samples = 0.0, 0
         self._round = None
-        for client in self._select(client_ids):
+        for row in self._rows(client_ids):
             if self._one_model:  # FedAvg: every client starts the round from the global model
-                client.model.load_state_dict(self._global)
-            self._set_epoch_lr([client], epoch)
+                self._template.load_state_dict(self._global)
+            self._set_epoch_lr([row], epoch)
+            client = self._checkout(row)
             steps = len(client.data) // self.config.batch_size
             for local_epoch in range(epoch * passes, (epoch + 1) * passes):
                 for step in range(steps):
-                    x, y = self._batch(client, local_epoch, step)
-                    with self._autocast(), self._randomness(client, local_epoch, step):
+                    x, y = self._batch(row, local_epoch, step)
+                    with self._autocast(), self._randomness(client.client_id, local_epoch, step):
                         loss = classification_loss(client.model(x), y.to(self.device), self.config.loss)
                     client.optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     client.optimizer.step()
                     loss_sum, samples = loss_sum + loss.item() * len(y), samples + len(y)
+            self._checkin(client)
             if self._one_model:
                 self._add_to_round(client)
         return loss_sum, samples
@@ -90,7 +130,7 @@ class LocalShard(ClientShard):
         if self._round is None:
             raise RuntimeError("upload_models called before train_local in this round")
         total, weight = self._round
-        nbytes = state_nbytes(self.clients[0].model)
+        nbytes = state_nbytes(self._template)
         ids = self.client_ids if client_ids is None else client_ids
         return ModelUpload(ids, {k: v.cpu() for k, v in total.items()}, weight, nbytes)
 
@@ -101,6 +141,6 @@ class LocalShard(ClientShard):
             super().load_model_state(state, client_ids)
             return
         self._global, self._round = {k: v.to(self.device) for k, v in state.items()}, None
-        self.clients[0].model.load_state_dict(state)
+        self._template.load_state_dict(state)
         if self._resets:
-            self.clients[0].optimizer.state.clear()
+            self._optimizers[0].state.clear()

@@ -27,6 +27,17 @@ from sglr_ray.nodes.protocol import GradientDelivery, ModelUpload, SmashedBatch,
 from sglr_ray.nodes.specs import NodeSettings
 from sglr_ray.systems.clock import Phase, Timing, missed_deadline, upload_s
 
+# Samples the top model takes in one pass in `train_top`: 10,000 clients x b = 8 would be
+# 80,000 samples, about 17 GB of AlexNet top activations (220 KB a sample) at once; 4096
+# keep them under 1 GB and still make each layer's call large.
+SERVER_CHUNK_SAMPLES = 4096
+
+
+def _whole_batch_only(top: torch.nn.Module) -> bool:
+    """Whether `top` sees its batch as a whole (BatchNorm, dropout): it cannot run in chunks."""
+    batch_norm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in top.modules())
+    return batch_norm or has_randomness(top)
+
 
 @dataclass
 class CommLedger:
@@ -106,6 +117,9 @@ class Server:
         self._lr = config.server_lr
         self.scratch: dict = {}  # a method's own state between its calls in one step (methods/usl.py)
         self._draws = any(has_randomness(t) for t in self.tops)  # dropout: masks seeded per step
+        # Tops whose batch must go through in one pass: BatchNorm's statistics are over the whole
+        # batch, and dropout masks are drawn for the whole batch at once.
+        self._one_pass = [_whole_batch_only(t) for t in self.tops]
         self.codec = parse_codec(config.compress)  # how gradients go down, and smashed data came up
         self.timing: Timing | None = None  # the virtual clock's inputs (use_timing); deadlines read it
 
@@ -137,13 +151,40 @@ class Server:
 
     def train_top(self, index: int, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """One optimizer step of top model `index` on (inputs, labels); returns the loss.
-        Gradients reach `inputs.grad` where `inputs` requires them."""
-        loss = self.top_loss(index, inputs, labels)
+        Gradients reach `inputs.grad` where `inputs` requires them.
+
+        A batch of more than SERVER_CHUNK_SAMPLES samples (thousands of clients x b) goes
+        through the top model in chunks, each chunk's share of the mean loss back-propagated
+        before the next is run, so activation memory stays bounded; the same gradient up to
+        the order of float sums. Tops with BatchNorm or dropout always take it in one pass."""
         optimizer = self.optimizers[index]
         set_lr(optimizer, self._lr)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if len(labels) <= SERVER_CHUNK_SAMPLES or self._one_pass[index]:
+            loss = self.top_loss(index, inputs, labels)
+            loss.backward()
+        else:
+            loss = self._chunked_backward(index, inputs, labels)
         optimizer.step()
+        return loss
+
+    def _chunked_backward(self, index: int, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Backward of the mean loss over (inputs, labels), SERVER_CHUNK_SAMPLES rows at a time:
+        each chunk's mean loss weighted by its share of the rows. Returns the detached loss."""
+        total, loss = len(labels), torch.zeros((), dtype=inputs.dtype)
+        grad = torch.empty_like(inputs) if inputs.requires_grad else None
+        for start in range(0, total, SERVER_CHUNK_SAMPLES):
+            rows = slice(start, start + SERVER_CHUNK_SAMPLES)
+            # a leaf of its own: backward through a slice of `inputs` would build a zero-filled
+            # gradient of the whole batch for every chunk
+            part = inputs[rows].detach().requires_grad_(grad is not None)
+            share = self.top_loss(index, part, labels[rows]) * (len(part) / total)
+            share.backward()
+            loss = loss + share.detach()
+            if grad is not None:
+                grad[rows] = part.grad
+        if grad is not None:
+            inputs.grad = grad
         return loss
 
     def train_step(self, epoch: int, step: int, *uploads: SmashedBatch) -> tuple:

@@ -5,7 +5,7 @@ and `apply_gradient` (each client's role back-propagates what the server sent
 and steps its optimizer); the driver joins a step's `apply_gradient` and the
 next step's `forward_batch` into one `apply_then_forward` call. Where every
 client of the shard takes part with a batch of b, the clients run as one
-grouped model (nodes/grouped.py) behind the same two calls.
+few grouped models (nodes/grouped.py) behind the same two calls.
 """
 
 from __future__ import annotations
@@ -47,27 +47,23 @@ class SplitShard(ClientShard):
         self._grouped = self._make_group() if group else None
 
     def _make_group(self) -> GroupedBottoms | None:
-        """The clients as one grouped model (nodes/grouped.py), where every step has every client
+        """The clients as a few grouped models (nodes/grouped.py), where every step has every client
         of the shard take part with a batch of b: PSL's parallel schedule without a batch plan.
         Their partitions are stacked, (K, n, ...), so a step draws every client's batch at once;
-        each client's `data` becomes a view of its part."""
+        each client's data becomes a view of its part."""
         spec = self.config.spec
-        sizes = {len(c.data) for c in self.clients}
+        sizes = {len(data) for data in self.data}
         if (
             not spec.schedule.groupable or not self.role.grouped or spec.batch_plan is not None
             or self.config.deadline_s > 0  # a late client must skip its step: the per-client loop
-            or len(self.clients) < 2 or len(sizes) != 1 or not groupable(self.clients[0].model)
+            or len(self.data) < 2 or len(sizes) != 1 or not groupable(self._template)
         ):  # fmt: skip
             return None
-        images = np.stack([c.data.images for c in self.clients])
-        labels = np.stack([c.data.labels for c in self.clients])
-        for k, client in enumerate(self.clients):
-            client.data = ImageSet(images[k], labels[k], client.data.codec)
+        images = np.stack([data.images for data in self.data])
+        labels = np.stack([data.labels for data in self.data])
+        self.data = [ImageSet(images[k], labels[k], data.codec) for k, data in enumerate(self.data)]
         self._stacked = (images, labels)
-        return GroupedBottoms(
-            [c.model for c in self.clients], [c.optimizer for c in self.clients],
-            self.config.optimizer, self.config.lr,
-        )  # fmt: skip
+        return GroupedBottoms(self.states, self._template)
 
     @property
     def pending(self) -> list[tuple[Client, Any]]:
@@ -82,17 +78,17 @@ class SplitShard(ClientShard):
         if self._grouped is not None:
             if client_ids is None:
                 return self._forward_grouped(epoch, step)
-            self._grouped.release()  # some clients only: the loop from here on
-            self._grouped = None
+            self._grouped = None  # some clients only: the loop from here on (the store is shared)
         smashed, labels, sizes = [], [], []
         self._pending = []
-        chosen = self._select(client_ids)
-        self._set_epoch_lr(chosen, epoch)  # the step in apply_gradient uses it
-        for client in chosen:
-            x, y = self._batch(client, epoch, step)
+        rows = self._rows(client_ids)
+        self._set_epoch_lr(rows, epoch)  # the step in apply_gradient uses it
+        for row in rows:
+            x, y = self._batch(row, epoch, step)
             if len(y) == 0:  # a batch plan gave this client nothing this step
                 continue
-            with self._autocast(), self._randomness(client, epoch, step):
+            client = self._checkout(row)  # a model of its own until apply_gradient
+            with self._autocast(), self._randomness(client.client_id, epoch, step):
                 ctx = StepContext(self.config.seed, client.client_id, epoch, step)
                 upload, kept = self.role.forward(client.model, client.optimizer, x, y.to(self.device), ctx)
             self._pending.append((client, kept))  # keeps the graph for apply_gradient
@@ -107,22 +103,19 @@ class SplitShard(ClientShard):
         return SmashedBatch(ids, sizes, torch.cat(smashed), torch.cat(labels))
 
     def _forward_grouped(self, epoch: int, step: int) -> SmashedBatch:
-        """forward_batch for every client at once through the grouped model: the same batches
+        """forward_batch for every client at once through the grouped models: the same batches
         and the same smashed data as the per-client loop."""
-        self._set_epoch_lr(self.clients, epoch)  # may reset the clients' optimizers: before the check
-        models, optimizers = [c.model for c in self.clients], [c.optimizer for c in self.clients]
-        if not self._grouped.in_sync(models, optimizers):  # a reset, or a client model replaced
-            self._grouped.gather(models, optimizers)
-        set_lr(self._grouped.optimizer, self.clients[0].optimizer.param_groups[0]["lr"])
-        x, y = self._batches.stacked_batch(
-            self.client_ids, *self._stacked, epoch, step, self.clients[0].data.codec
-        )
+        self._set_epoch_lr(list(range(len(self.client_ids))), epoch)  # may reset optimizers
+        set_lr(self._grouped.optimizer, self._lr)
+        x, y = self._batches.stacked_batch(self.client_ids, *self._stacked, epoch, step, self.data[0].codec)
         with self._autocast():
             s = self._grouped.forward(x)
-        self._pending = s  # keeps the graph for apply_gradient
+        # apply_gradient's step back-propagates it; where the group recomputes its forward (no
+        # graph kept) the smashed data (gigabytes for thousands of clients) need not outlive the upload
+        self._pending = s if s.requires_grad else s.new_empty(0)
         batch = self.config.batch_size
         sent = self._codec.roundtrip(s.detach().cpu())
-        return SmashedBatch(self.client_ids, [batch] * len(self.clients), sent, y)
+        return SmashedBatch(self.client_ids, [batch] * len(self.client_ids), sent, y)
 
     def apply_gradient(self, delivery: GradientDelivery, averaged_gradient: torch.Tensor | None) -> None:
         """Back-propagate each client's split-layer gradient (own or averaged) and step its optimizer."""
@@ -131,10 +124,10 @@ class SplitShard(ClientShard):
         averaged = set(delivery.averaged)
         if isinstance(self._pending, torch.Tensor):  # the grouped forward: one backward, one step
             grads = [
-                averaged_gradient if c.client_id in averaged else delivery.own[c.client_id]
-                for c in self.clients
+                (averaged_gradient if c in averaged else delivery.own[c]).to(self.device)
+                for c in self.client_ids
             ]
-            self._grouped.step(self._pending, torch.cat(grads).to(self.device))
+            self._grouped.step(self._pending, grads, self._autocast)
             self._pending = None
             return
         for client, kept in self._pending:
@@ -143,6 +136,7 @@ class SplitShard(ClientShard):
             grad = averaged_gradient if client.client_id in averaged else delivery.own.get(client.client_id)
             received = None if grad is None else grad.to(self.device)  # None: nothing comes down (lsl)
             self.role.backward(client.model, client.optimizer, kept, received)
+            self._checkin(client)
         self._pending = None
 
     def apply_then_forward(
@@ -159,7 +153,5 @@ class SplitShard(ClientShard):
         return self.forward_batch(epoch, next_step, client_ids)
 
     def load_state(self, state: dict) -> None:
-        super().load_state(state)
-        if self._grouped is not None:  # the group takes the loaded weights and optimizer state
-            self._grouped.gather([c.model for c in self.clients], [c.optimizer for c in self.clients])
+        super().load_state(state)  # the groups read the store: nothing of theirs to reload
         self._pending = None

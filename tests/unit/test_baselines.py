@@ -17,7 +17,7 @@ from sglr_ray.nodes.optim import make_optimizer
 
 
 def models(ex: LocalExecutor) -> list[torch.nn.Module]:
-    return [c.model for shard in ex.shards for c in shard.clients]
+    return [shard.client_model(c) for shard in ex.shards for c in shard.client_ids]
 
 
 def test_with_one_client_every_baseline_trains_exactly_like_psl(tiny_config, tmp_out):
@@ -40,7 +40,7 @@ def test_cl_trains_one_model_on_the_union_and_pays_raw_data_once(tiny_config, tm
     config = tiny_config(method="cl", clients=3, epochs=2, out=tmp_out)
     data = prepare_data(config)
     ex = LocalExecutor(config, data)
-    assert ex.shard_client_ids == [[0]] and len(ex.shards[0].clients[0].data) == 3 * 32
+    assert ex.shard_client_ids == [[0]] and len(ex.shards[0].data[0]) == 3 * 32
     outcome = run_experiment(config)
     first, second = outcome.epochs
     raw = [p.images.nbytes + p.labels.nbytes for p in data.partitions]

@@ -22,7 +22,7 @@ from sglr_ray.nodes.server import Server
 
 
 def bottoms(ex: LocalExecutor) -> list[torch.nn.Module]:
-    return [c.model for shard in ex.shards for c in shard.clients]
+    return [shard.client_model(c) for shard in ex.shards for c in shard.client_ids]
 
 
 @pytest.mark.parametrize("model", ["alexnet", "resnet16"])
@@ -62,8 +62,8 @@ def test_sfl_leaves_every_bottom_model_at_the_data_weighted_mean(tiny_config):
     models = bottoms(ex)
     assert not torch.equal(models[0][0].weight, models[1][0].weight)  # clients drifted apart
     # Give the clients unequal data sizes so the weighting matters.
-    clients = [c for shard in ex.shards for c in shard.clients]
-    clients[0].data = clients[0].data.subset(np.arange(8))
+    first = ex.shards[0]
+    first.data[0] = first.data[0].subset(np.arange(8))
     weights = torch.tensor([8.0, 32.0, 32.0])
     states = [{k: v.clone() for k, v in m.state_dict().items()} for m in models]
     Engine(ex, config).average_client_models()
