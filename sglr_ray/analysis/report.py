@@ -81,18 +81,19 @@ _CLOCK_NAMES = {"test_acc": "test acc %", "sim_epoch_s": "sim s per epoch", "sim
 
 def _virtual_clock(out: Path, runs: pd.DataFrame) -> list[str]:
     """The directory-wide time-to-accuracy table, where runs use the systems model."""
-    if runs.empty or not systems.uses_virtual_clock(_completed(runs)):
+    if runs.empty or not systems.uses_virtual_clock(analysis.completed_runs(runs)):
         return []
-    table = systems.time_to_accuracy(out)
+    table = systems.time_to_accuracy(out, runs)
     if table.empty:
         return []
     note = (
-        "Every completed run of the directory, a row per setting and variant (a setting named where it "
-        "differs from the most common value), mean over seeds; simulated seconds on the virtual clock "
-        "(SPEC section 4). Target: the lowest of the rows' mean final validation accuracies, so every row "
-        "can reach it; sim s to target: the clock at a run's first epoch at or above it (blank: a seed "
-        "never reached it). MB on the wire: up + down over all clients and epochs; MB sent by server: a "
-        "broadcast counted once. Client time waiting: the share of the clients' simulated time spent idle."
+        "Every completed run of the directory (superseded runs left out), a row per setting and variant "
+        "(a setting named where it differs from the most common value), mean over seeds; simulated "
+        "seconds on the virtual clock (SPEC section 4). Target: the lowest of the rows' mean final "
+        "validation accuracies, so every row can reach it; sim s to target: the clock at a run's first "
+        "epoch at or above it (blank: a seed never reached it). MB on the wire: up + down over all "
+        "clients and epochs; MB sent by server: a broadcast counted once. Client time waiting: the share "
+        "of the clients' simulated time spent idle."
     )
     shown = table.rename(columns=_CLOCK_NAMES)
     return [
@@ -103,10 +104,6 @@ def _virtual_clock(out: Path, runs: pd.DataFrame) -> list[str]:
         "",
         note,
     ]
-
-
-def _completed(runs: pd.DataFrame) -> pd.DataFrame:
-    return runs[runs.status == "completed"] if "status" in runs else runs
 
 
 def _rows_of(frame: pd.DataFrame, ids: pd.Series) -> pd.DataFrame:

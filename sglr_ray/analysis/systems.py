@@ -61,12 +61,14 @@ def _variant_labels(runs: pd.DataFrame) -> pd.Series:
     return labels
 
 
-def time_to_accuracy(out: str | Path) -> pd.DataFrame:
+def time_to_accuracy(out: str | Path, runs: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per setting and variant (mean over seeds): final test accuracy (%), simulated seconds per epoch
     and in all, the simulated seconds to the target accuracy (see the module), MB on the wire (up +
     down, all clients, the whole run; `mb_server`: what left the server, a broadcast once) and the
-    share of the clients' simulated time spent waiting. Empty where no run has a simulated time."""
-    runs = completed_runs(load_runs(out))
+    share of the clients' simulated time spent waiting. Empty where no run has a simulated time.
+    `runs`: the run rows to count (the report passes them without superseded runs); default: every
+    run of `out`. Only completed runs count either way."""
+    runs = completed_runs(load_runs(out) if runs is None else runs)
     epochs = load_epochs(out)
     if runs.empty or "sim_time_s" not in epochs or epochs.sim_time_s.isna().all():
         return pd.DataFrame()
