@@ -268,7 +268,7 @@ def test_report_sections_per_workload_skip_single_c_grids(tmp_path):
     assert "### Table 1" not in text and "### Table 2" not in text  # one C in each workload
     methods, leaks = text.split("\n## Provenance")[0].split("\n## ")[1:]
     assert "### Table 4" in methods and "### Table 5" not in methods
-    assert "SGLR beats PSL: yes (+4.00 points)" in methods and "in the paper (C=5)" in methods
+    assert "SGLR's mean above PSL's: yes (+4.00 points)" in methods and "in the paper (C=5)" in methods
     assert "### Table 5" in leaks
     assert "Averaging leaks less (reconstruction MSE higher at phi=1 than at phi=0): yes" in leaks
     plots = tmp_path / "elsewhere" / "plots"
