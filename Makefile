@@ -34,8 +34,9 @@ run: setup
 # Unit and Ray tests in one pytest process (tests/unit includes the README's and docs' examples
 # and examples/analysis.ipynb), then the `ray job submit` test in its own:
 # it starts a Ray head of its own and must not share the machine with the embedded one.
+# --durations: CI's log names the slowest tests, to keep the suite near 15 minutes.
 test: setup
-	$(BIN)/python -m pytest -m "not cluster" -q
+	$(BIN)/python -m pytest -m "not cluster" -q --durations=15
 	$(BIN)/python -m pytest -m cluster -q tests/cluster
 
 test-fast: setup
