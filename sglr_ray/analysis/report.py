@@ -75,7 +75,8 @@ def write_report(out: str | Path, path: str | Path | None = None, include_supers
 
 
 _CLOCK_NAMES = {"test_acc": "test acc %", "sim_epoch_s": "sim s per epoch", "sim_s": "sim s in all",
-                "to_target_s": "sim s to target", "mb": "MB on the wire", "mb_server": "MB sent by server",
+                "to_target_s": "sim s to target", "reached": "seeds reaching it", "mb": "MB on the wire",
+                "mb_server": "MB sent by server",
                 "waiting": "client time waiting"}  # fmt: skip
 
 
@@ -90,8 +91,9 @@ def _virtual_clock(out: Path, runs: pd.DataFrame) -> list[str]:
         "Every completed run of the directory (superseded runs left out), a row per setting and variant "
         "(a setting named where it differs from the most common value), mean over seeds; simulated "
         "seconds on the virtual clock (SPEC section 4). Target: the lowest of the rows' mean final "
-        "validation accuracies, so every row can reach it; sim s to target: the clock at a run's first "
-        "epoch at or above it (blank: a seed never reached it). MB on the wire: up + down over all "
+        "validation accuracies, so every row reaches it on average; sim s to target: the clock at the end "
+        "of a run's first epoch at or above it, mean over the seeds that reached it (blank: none did). "
+        "MB on the wire: up + down over all "
         "clients and epochs; MB sent by server: a broadcast counted once. Client time waiting: the share "
         "of the clients' simulated time spent idle."
     )

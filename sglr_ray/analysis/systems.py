@@ -8,8 +8,11 @@ completed run of the directory in one place, a row per setting and variant, aver
   systems.time_to_accuracy("results/systems-study")
 
 The target accuracy is the lowest of the rows' mean final validation accuracies, so every row
-reaches it; a run's time to target is the virtual clock (`sim_time_s`, cumulative) at its first
-epoch whose validation accuracy reaches the target.
+reaches it on average, though a seed of the lowest rows may not; a run's time to target is the
+virtual clock (`sim_time_s`, cumulative) at its first epoch whose validation accuracy reaches the
+target. A row's time to target is the mean over the seeds that reached it, and `reached` counts
+them. Epochs are the clock's resolution: a run that reaches the target mid-epoch is timed at
+the epoch's end.
 """
 
 from __future__ import annotations
@@ -61,13 +64,17 @@ def _variant_labels(runs: pd.DataFrame) -> pd.Series:
     return labels
 
 
-def time_to_accuracy(out: str | Path, runs: pd.DataFrame | None = None) -> pd.DataFrame:
+def time_to_accuracy(
+    out: str | Path, runs: pd.DataFrame | None = None, target: float | None = None
+) -> pd.DataFrame:
     """Per setting and variant (mean over seeds): final test accuracy (%), simulated seconds per epoch
     and in all, the simulated seconds to the target accuracy (see the module), MB on the wire (up +
-    down, all clients, the whole run; `mb_server`: what left the server, a broadcast once) and the
+    down, all clients, the whole run; `mb_server`: what left the server, a broadcast once), how
+    many seeds reached the target (`reached`; `to_target_s` averages those only) and the
     share of the clients' simulated time spent waiting. Empty where no run has a simulated time.
     `runs`: the run rows to count (the report passes them without superseded runs); default: every
-    run of `out`. Only completed runs count either way."""
+    run of `out`. Only completed runs count either way. `target`: a validation accuracy in [0, 1]
+    to time instead of the default (the lowest row mean, see the module)."""
     runs = completed_runs(load_runs(out) if runs is None else runs)
     epochs = load_epochs(out)
     if runs.empty or "sim_time_s" not in epochs or epochs.sim_time_s.isna().all():
@@ -75,7 +82,8 @@ def time_to_accuracy(out: str | Path, runs: pd.DataFrame | None = None) -> pd.Da
     runs = runs.assign(row=_variant_labels(runs))
     epochs = epochs.merge(runs[["run_id", "row"]], on="run_id")
     final_val = epochs.sort_values("epoch").groupby("run_id").val_acc.last()
-    target = runs.assign(v=runs.run_id.map(final_val)).groupby("row").v.mean().min()
+    if target is None:
+        target = runs.assign(v=runs.run_id.map(final_val)).groupby("row").v.mean().min()
 
     def reached(run: pd.DataFrame) -> float:
         hits = run.sort_values("epoch")
@@ -97,7 +105,8 @@ def time_to_accuracy(out: str | Path, runs: pd.DataFrame | None = None) -> pd.Da
     frame["test_acc"] = 100 * frame.final_test_acc
     columns = ["test_acc", "sim_epoch_s", "sim_s", "to_target_s", "mb", "mb_server",
                *(["waiting"] if "waiting" in frame else [])]  # fmt: skip
-    table = frame.groupby("row")[columns].mean()
+    table = frame.groupby("row")[columns].mean()  # NaN skipped: to_target_s over the seeds that reached it
     table.insert(0, "seeds", frame.groupby("row").size())
+    table.insert(4, "reached", frame.groupby("row").to_target_s.count())
     table.index.name = f"setting (target: {100 * target:.2f}% validation accuracy)"
     return table.sort_values("to_target_s")

@@ -31,7 +31,7 @@ def test_target_is_the_lowest_final_accuracy_and_every_row_reaches_it(table: pd.
     epochs = load_epochs(RESULTS / "systems-study-smoke")
     finals = epochs.sort_values("epoch").groupby("run_id").val_acc.last()
     assert f"{100 * finals.min():.2f}%" in table.index.name
-    assert table.to_target_s.notna().all()
+    assert table.to_target_s.notna().all() and (table.reached == 1).all()
     assert (table.to_target_s <= table.sim_s + 1e-9).all()
 
 
@@ -43,6 +43,26 @@ def test_variants_move_the_clock_and_bytes_as_built(table: pd.DataFrame) -> None
     # SGLR's broadcast leaves the server once: less sent by the server, the same received by clients.
     sglr = table.loc["sglr a=0.5 phi=0.5"]
     assert sglr.mb_server < psl.mb_server and sglr.mb == pytest.approx(psl.mb)
+
+
+def test_time_to_target_counts_the_seeds_that_reach_it() -> None:
+    """The full study (3 seeds): FL's mean final accuracy is the target, and seed 1 ends under it."""
+    table = systems.time_to_accuracy(RESULTS / "systems-study")
+    epochs = load_epochs(RESULTS / "systems-study")
+    best = epochs.groupby("run_id").val_acc.max()
+    target = float(table.index.name.split(": ")[1].split("%")[0]) / 100
+    assert (table.seeds == 3).all()
+    fl = table.loc["fl"]
+    fl_runs = [run for run in best.index if run.startswith("fl-")]
+    assert fl.reached == sum(best[run] >= target - 5e-5 for run in fl_runs) < 3
+    assert (table.reached <= table.seeds).all() and table.to_target_s.notna().all()
+    # A higher target: fewer seeds reach it, and those that do take no less time.
+    higher = systems.time_to_accuracy(RESULTS / "systems-study", target=0.85)
+    assert "85.00%" in higher.index.name
+    higher = higher.reindex(table.index)
+    assert (higher.reached <= table.reached).all() and higher.reached.sum() < table.reached.sum()
+    timed = higher.reached == table.reached  # the same seeds: each takes at least as long
+    assert (higher.to_target_s[timed] >= table.to_target_s[timed] - 1e-9).all()
 
 
 def test_report_shows_the_table_only_for_systems_runs(tmp_path: Path) -> None:
