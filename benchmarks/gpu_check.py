@@ -21,7 +21,7 @@ The CPU reference is results/benchmarks/precision.parquet (PSL, 5 clients, one t
 fp32 and bf16, per model), as committed; where that file is missing it is measured here in a
 short CPU run. Where torch sees no CUDA device the script says so in one line and exits 0.
 
-  .venv/bin/python -m benchmarks.gpu_check
+  .venv/bin/python -m benchmarks.gpu_check     (or: .venv/bin/python benchmarks/gpu_check.py)
 """
 
 from __future__ import annotations
@@ -34,6 +34,9 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+
+if __package__ in (None, ""):  # run as a file (python benchmarks/gpu_check.py): find the repo's packages
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import OUT_DIR, PeakBytes, write_results
 from benchmarks.vmap_vs_loop import LR, make_bottoms, make_inputs

@@ -3,6 +3,11 @@ writes nothing; its harness keeps to the time budget and records a failed part a
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -19,6 +24,17 @@ def test_without_a_gpu_it_says_so_in_one_line_and_exits_0(monkeypatch, tmp_path,
         "gpu_check: no CUDA device here (torch.cuda.is_available() is False); nothing measured."
     ]
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the file would measure for minutes")
+def test_runs_as_a_file_from_anywhere(tmp_path):
+    """`python benchmarks/gpu_check.py`, as the project's brief names it, from outside the repo."""
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_check.py"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().startswith("gpu_check: no CUDA device here")
 
 
 def test_parts_past_the_deadline_are_skipped_and_failures_recorded(monkeypatch, tmp_path):
