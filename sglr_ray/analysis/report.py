@@ -20,6 +20,7 @@ from sglr_ray.analysis import significance, systems
 from sglr_ray.analysis import tables as analysis
 from sglr_ray.analysis.markdown import decimals_for, markdown_table
 from sglr_ray.analysis.paper import paper_difference
+from sglr_ray.analysis.phi_leakage import phi_lines
 from sglr_ray.analysis.plots import save_figure_atomic, write_plots
 from sglr_ray.analysis.provenance import provenance_lines, superseded
 from sglr_ray.analysis.sentences import (
@@ -69,6 +70,7 @@ def write_report(out: str | Path, path: str | Path | None = None, include_supers
         lines += write_plots(group, epochs[epochs.run_id.isin(ids)], path.parent, suffix)
     lines += _virtual_clock(out, runs)
     lines += privacy_lines(out, path.parent, save_figure_atomic)
+    lines += phi_lines(out)
     lines += provenance_lines(recorded, recorded[old])
     _write_text_atomic(path, "\n".join(lines) + "\n")
     return path

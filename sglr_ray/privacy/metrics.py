@@ -14,6 +14,11 @@ import math
 import torch
 from torch import Tensor
 
+# Which way each recorded metric points: for these a HIGHER value means LESS leakage (the
+# reconstruction is worse); for every other metric (psnr, ssim, dcor, label_acc, row_acc,
+# norm_auc) a higher value means more. The report's verdicts read it (analysis/phi_leakage.py).
+LESS_LEAKAGE_WHEN_HIGHER = frozenset({"mse"})
+
 SSIM_CHUNK = 128  # images a time (ssim): bounds its memory at about 0.5 GB for 28x28 images
 
 
