@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", default="synthetic-large")
     parser.add_argument("--interval-s", type=float, default=1.0)
     parser.add_argument("--stop-below-gib", type=float, default=3.0)
+    parser.add_argument("--object-store-gib", type=float, default=8.0)
     parser.add_argument("--trace", default="", help="write every sample to this CSV")
     args = parser.parse_args(argv)
     MemoryGuard(args.stop_below_gib).start()
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     sampler.start()
     row = measure_setup(
         "ray", "ray", args.clients, args.samples_per_client, args.method, args.dataset, 1,
-        lambda: 0,
+        lambda: 0, int(args.object_store_gib * 2**30),
     )  # fmt: skip
     sampler.stop()
     print(f"{args.method} {args.clients} x {args.samples_per_client}: startup {row['startup_s']:.1f} s, "
