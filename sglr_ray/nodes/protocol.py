@@ -145,7 +145,7 @@ class GradientDelivery:
     once for everyone); every other client receives its own G_i in `own`.
     """
 
-    own: dict[int, torch.Tensor]
+    own: Mapping[int, torch.Tensor]  # from the server: a RowGradients, one tensor for all of them
     averaged: list[int]
     late: list[int] = field(default_factory=list)  # uploads past the deadline: nothing comes back
 

@@ -261,7 +261,8 @@ class Server:
         return step_randomness(self._draws, self.device, self.config.seed, SERVER_STREAM, epoch, step)
 
     def gather(self, uploads: tuple[SmashedBatch, ...]) -> ServerBatch:
-        """One iteration's uploads, concatenated on the server's device (the server's work)."""
+        """One iteration's uploads on the server's device, as they arrived (ServerBatch concatenates
+        them only for a server step that asks)."""
         self.ledger.add_work({}, sum(n for u in uploads for n in u.sizes))
         return ServerBatch(
             smashed=[u.smashed.to(self.device) for u in uploads],
