@@ -66,12 +66,14 @@ def measure_setup(
     dataset: str,
     torch_threads: int,
     memory: Callable[[], int] | None = None,
+    object_store_bytes: int | None = None,
 ) -> dict:
     """Start-up, one epoch (training + evaluation) and peak memory of `clients` x `samples` of
     `method` on `executor` (AlexNet, the run's defaults otherwise). `data_s`: drawing and
     partitioning the data; `startup_s`: building the executor (for Ray: starting and placing
     the actors, the partitions' trip to them, building every shard). `memory`: what peak_GiB
-    samples (default: the Ray processes' and the driver's resident memory)."""
+    samples (default: the Ray processes' and the driver's resident memory). `object_store_bytes`:
+    the embedded Ray's object store size (default Ray's: 30% of the memory available at start)."""
     config = RunConfig(
         method=method, model="alexnet", dataset=dataset, clients=clients, samples_per_client=samples,
         epochs=1, executor=executor, torch_threads=torch_threads,
@@ -80,7 +82,8 @@ def measure_setup(
     data = prepare_data(config)
     data_s = time.perf_counter() - started
     if executor == "ray":
-        start_local_ray(log_to_driver=False)
+        sized = {} if object_store_bytes is None else {"object_store_memory": object_store_bytes}
+        start_local_ray(log_to_driver=False, **sized)
     if memory is None:
         memory = (
             (lambda: ray_processes_rss_bytes() + driver_rss_bytes())

@@ -14,10 +14,15 @@ blocks) it reads shapes from one forward pass, because a dispatch mode makes
 torch import torch._dynamo and Triton, about 160 MB resident in the driver,
 which otherwise never needs them; any other model (a custom layer with its own
 weights, attention, recurrent layers) is counted by FlopCounterMode itself.
+
+Both passes run on the meta device (shapes, no data) where the model allows it: the server's
+step of 10,000 clients x b = 8 is a batch of 80,000, whose real activations would take about
+17 GB in the driver just to be counted.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 from dataclasses import dataclass
@@ -68,7 +73,19 @@ def countable_by_shapes(model: nn.Module) -> bool:
 
 
 def step_flops(model: nn.Module, x: torch.Tensor) -> int:
-    """FLOPs of one training step of `model` on input `x` (forward, loss gradient, backward)."""
+    """FLOPs of one training step of `model` on input `x` (forward, loss gradient, backward),
+    counted on copies on the meta device (no memory for activations); on the real ones where a
+    model cannot run there (a custom layer reading values)."""
+    try:
+        meta_model = copy.deepcopy(model).to("meta")
+        meta_x = torch.empty_like(x, device="meta").requires_grad_(x.requires_grad)
+        return _step_flops(meta_model, meta_x)
+    except (NotImplementedError, RuntimeError):
+        real_x = torch.zeros(x.shape, dtype=x.dtype, requires_grad=x.requires_grad)
+        return _step_flops(model, real_x)
+
+
+def _step_flops(model: nn.Module, x: torch.Tensor) -> int:
     if not countable_by_shapes(model):
         return counted_step_flops(model, x)
     total = 0
@@ -102,7 +119,7 @@ def counted_step_flops(model: nn.Module, x: torch.Tensor) -> int:
 def bottom_step_flops(model: str | ModelParts, batch: int) -> int:
     """Client: forward of the bottom model, then back-propagating the split-layer gradient into it."""
     parts = as_parts(model)
-    x = torch.zeros(batch, *parts.input_shape)  # no input gradient: the client never needs one
+    x = torch.zeros(batch, *parts.input_shape, device="meta")  # no input gradient: the client never needs one
     return step_flops(parts.bottom(), x)
 
 
@@ -110,7 +127,7 @@ def bottom_step_flops(model: str | ModelParts, batch: int) -> int:
 def top_step_flops(model: str | ModelParts, batch: int) -> int:
     """Server: forward and loss of the top model, backward including dL/ds for the clients."""
     parts = as_parts(model)
-    s = torch.zeros(batch, *parts.smashed_shape, requires_grad=True)
+    s = torch.zeros(batch, *parts.smashed_shape, device="meta", requires_grad=True)
     return step_flops(parts.top(), s)
 
 
@@ -118,7 +135,8 @@ def top_step_flops(model: str | ModelParts, batch: int) -> int:
 def full_step_flops(model: str | ModelParts, batch: int) -> int:
     """CL and FL: forward, loss and backward of the whole model (bottom + top) on one batch."""
     parts = as_parts(model)
-    return step_flops(nn.Sequential(parts.bottom(), parts.top()), torch.zeros(batch, *parts.input_shape))
+    x = torch.zeros(batch, *parts.input_shape, device="meta")
+    return step_flops(nn.Sequential(parts.bottom(), parts.top()), x)
 
 
 @dataclass(frozen=True)
@@ -143,7 +161,8 @@ class _Counts:
         )
 
     def step(self, module: nn.Module, input_shape: tuple[int, ...], batch: int, input_grad: bool) -> int:
-        return step_flops(module, torch.zeros(batch, *input_shape, requires_grad=input_grad))
+        x = torch.zeros(batch, *input_shape, device="meta", requires_grad=input_grad)
+        return step_flops(module, x)
 
     def bottom(self, batch: int) -> int:
         return bottom_step_flops(self.model, batch)

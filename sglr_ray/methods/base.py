@@ -26,7 +26,7 @@ receive, a SplitRule: see examples/custom_method.py.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -73,14 +73,31 @@ def own_gradients(config: RunConfig) -> SplitRule:
     return OwnGradients()
 
 
-@dataclass
 class ServerBatch:
-    """One iteration's uploads, concatenated on the server: rows grouped by client."""
+    """One iteration's uploads on the server: rows grouped by client, in upload order.
 
-    smashed: torch.Tensor  # (sum(sizes), *smashed_shape), detached
-    labels: torch.Tensor
-    client_ids: list[int]
-    sizes: list[int]
+    `parts` are the uploads' smashed data as they arrived (under Ray, read-only views of the
+    object store); `smashed` is their concatenation, made on first use: the default server
+    step (`joint_step`) reads the parts and never needs it, which saves a copy of every
+    smashed row (gigabytes at thousands of clients)."""
+
+    def __init__(
+        self,
+        smashed: torch.Tensor | Sequence[torch.Tensor],
+        labels: torch.Tensor,
+        client_ids: list[int],
+        sizes: list[int],
+    ) -> None:
+        self.parts = [smashed] if torch.is_tensor(smashed) else list(smashed)
+        self.labels, self.client_ids, self.sizes = labels, client_ids, sizes
+        self._smashed = smashed if torch.is_tensor(smashed) else None
+
+    @property
+    def smashed(self) -> torch.Tensor:
+        """(sum(sizes), *smashed_shape), detached: the server's own copy (a step may write it)."""
+        if self._smashed is None:
+            self._smashed = torch.cat(self.parts)
+        return self._smashed
 
     def rows(self) -> list[tuple[int, slice]]:
         """(client_id, its rows) for every client in the batch."""
@@ -97,6 +114,9 @@ class TopModels(Protocol):
     config: RunConfig
 
     def train_top(self, index: int, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor: ...
+    def train_top_rows(
+        self, index: int, parts: Sequence[torch.Tensor], labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
     def top_loss(self, index: int, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor: ...
 
 
@@ -105,11 +125,17 @@ ServerStep = Callable[[TopModels, ServerBatch, int, int], tuple[float, dict[int,
 
 def scaled_gradients(batch: ServerBatch, grad: torch.Tensor) -> dict[int, torch.Tensor]:
     """G_i = dL_i/ds_i = (N/n_i) dL/ds_i for L the mean loss over the whole batch: a client's
-    gradient does not depend on how many clients share the batch (SPEC section 2, step 4)."""
+    gradient does not depend on how many clients share the batch (SPEC section 2, step 4).
+    Scaled in place (the same products as `grad[rows] * (N/n_i)`) and returned as views of
+    `grad`: no second copy of the batch's gradient; the server packs them per shard."""
     total = len(batch.labels)
-    # A tensor of its own per client, not a view of `grad`: pickled for an actor, a view would
-    # carry the whole batch's storage along (each of 1000 clients' gradients, 256 MB).
-    return {c: grad[rows] * (total / n) for (c, rows), n in zip(batch.rows(), batch.sizes, strict=True)}
+    with torch.no_grad():
+        if len(set(batch.sizes)) == 1:  # equal batches: one scale for every row
+            grad.mul_(total / batch.sizes[0])
+        else:
+            for (_, rows), n in zip(batch.rows(), batch.sizes, strict=True):
+                grad[rows].mul_(total / n)
+    return {c: grad[rows] for c, rows in batch.rows()}
 
 
 def joint_slices(batch: ServerBatch, grad: torch.Tensor) -> dict[int, torch.Tensor]:
@@ -121,10 +147,9 @@ def joint_slices(batch: ServerBatch, grad: torch.Tensor) -> dict[int, torch.Tens
 def joint_step(server: TopModels, batch: ServerBatch, epoch: int, step: int) -> tuple[float, dict]:
     """PSL's server step: ONE forward and ONE loss over the concatenated batch (the mean
     cross-entropy, which is sum_i (n_i/N) L_i), one optimizer step, then G_i."""
-    smashed = batch.smashed.requires_grad_(True)
-    loss = server.train_top(0, smashed, batch.labels)
+    loss, grad = server.train_top_rows(0, batch.parts, batch.labels)
     split = joint_slices if server.config.split_gradient == "joint-slice" else scaled_gradients
-    return loss.item(), split(batch, smashed.grad)
+    return loss.item(), split(batch, grad)
 
 
 def joint_server_flops(top_flops: Callable[[int], int], config: RunConfig) -> int:

@@ -13,6 +13,7 @@ crosses the split, in both directions.
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +24,14 @@ from sglr_ray.methods.base import ServerBatch
 from sglr_ray.nodes.codec import parse_codec
 from sglr_ray.nodes.models import SERVER_STREAM, has_randomness, step_randomness, weights_copy
 from sglr_ray.nodes.optim import LrSchedule, autocast, classification_loss, make_optimizer, set_lr
-from sglr_ray.nodes.protocol import GradientDelivery, ModelUpload, SmashedBatch, StepMetrics, tensor_nbytes
+from sglr_ray.nodes.protocol import (
+    GradientDelivery,
+    ModelUpload,
+    RowGradients,
+    SmashedBatch,
+    StepMetrics,
+    tensor_nbytes,
+)
 from sglr_ray.nodes.specs import NodeSettings
 from sglr_ray.systems.clock import Phase, Timing, missed_deadline, upload_s
 
@@ -37,6 +45,17 @@ def _whole_batch_only(top: torch.nn.Module) -> bool:
     """Whether `top` sees its batch as a whole (BatchNorm, dropout): it cannot run in chunks."""
     batch_norm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in top.modules())
     return batch_norm or has_randomness(top)
+
+
+def _rows_of(parts: Sequence[torch.Tensor], rows: slice) -> torch.Tensor:
+    """Rows `rows` of the concatenation of `parts`: a view where they lie in one part."""
+    pieces, start = [], 0
+    for part in parts:
+        low, high = max(rows.start, start), min(rows.stop, start + len(part))
+        if low < high:
+            pieces.append(part[low - start : high - start])
+        start += len(part)
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
 
 @dataclass
@@ -160,31 +179,54 @@ class Server:
         optimizer = self.optimizers[index]
         set_lr(optimizer, self._lr)
         optimizer.zero_grad(set_to_none=True)
-        if len(labels) <= SERVER_CHUNK_SAMPLES or self._one_pass[index]:
+        if not self._chunked(index, len(labels)):
             loss = self.top_loss(index, inputs, labels)
             loss.backward()
         else:
-            loss = self._chunked_backward(index, inputs, labels)
+            grad = torch.empty_like(inputs) if inputs.requires_grad else None
+            loss = self._chunked_backward(index, [inputs], labels, grad)
+            if grad is not None:
+                inputs.grad = grad
         optimizer.step()
         return loss
 
-    def _chunked_backward(self, index: int, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Backward of the mean loss over (inputs, labels), SERVER_CHUNK_SAMPLES rows at a time:
-        each chunk's mean loss weighted by its share of the rows. Returns the detached loss."""
-        total, loss = len(labels), torch.zeros((), dtype=inputs.dtype)
-        grad = torch.empty_like(inputs) if inputs.requires_grad else None
+    def train_top_rows(
+        self, index: int, parts: Sequence[torch.Tensor], labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`train_top` on the rows of `parts` in order (the uploads: never concatenated in the
+        chunked case, and never written, so they may be read-only): the loss, and its gradient
+        with respect to those rows (a new tensor)."""
+        if not self._chunked(index, len(labels)):
+            inputs = (parts[0] if len(parts) == 1 else torch.cat(parts)).detach().requires_grad_(True)
+            return self.train_top(index, inputs, labels), inputs.grad
+        optimizer = self.optimizers[index]
+        set_lr(optimizer, self._lr)
+        optimizer.zero_grad(set_to_none=True)
+        grad = torch.empty(len(labels), *parts[0].shape[1:], dtype=parts[0].dtype)
+        loss = self._chunked_backward(index, parts, labels, grad)
+        optimizer.step()
+        return loss, grad
+
+    def _chunked(self, index: int, samples: int) -> bool:
+        return samples > SERVER_CHUNK_SAMPLES and not self._one_pass[index]
+
+    def _chunked_backward(
+        self, index: int, parts: Sequence[torch.Tensor], labels: torch.Tensor, grad: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Backward of the mean loss over the rows of `parts` (in order) and `labels`,
+        SERVER_CHUNK_SAMPLES rows at a time: each chunk's mean loss weighted by its share of the
+        rows; their gradient goes into `grad` (where given). Returns the detached loss."""
+        total, loss = len(labels), torch.zeros((), dtype=parts[0].dtype)
         for start in range(0, total, SERVER_CHUNK_SAMPLES):
-            rows = slice(start, start + SERVER_CHUNK_SAMPLES)
-            # a leaf of its own: backward through a slice of `inputs` would build a zero-filled
-            # gradient of the whole batch for every chunk
-            part = inputs[rows].detach().requires_grad_(grad is not None)
+            rows = slice(start, min(start + SERVER_CHUNK_SAMPLES, total))
+            # a leaf of its own: backward through a slice of the whole batch would build a
+            # zero-filled gradient of the whole batch for every chunk
+            part = _rows_of(parts, rows).detach().requires_grad_(grad is not None)
             share = self.top_loss(index, part, labels[rows]) * (len(part) / total)
             share.backward()
             loss = loss + share.detach()
             if grad is not None:
                 grad[rows] = part.grad
-        if grad is not None:
-            inputs.grad = grad
         return loss
 
     def train_step(self, epoch: int, step: int, *uploads: SmashedBatch) -> tuple:
@@ -219,10 +261,11 @@ class Server:
         return step_randomness(self._draws, self.device, self.config.seed, SERVER_STREAM, epoch, step)
 
     def gather(self, uploads: tuple[SmashedBatch, ...]) -> ServerBatch:
-        """One iteration's uploads, concatenated on the server's device (the server's work)."""
+        """One iteration's uploads on the server's device, as they arrived (ServerBatch concatenates
+        them only for a server step that asks)."""
         self.ledger.add_work({}, sum(n for u in uploads for n in u.sizes))
         return ServerBatch(
-            smashed=torch.cat([u.smashed for u in uploads]).to(self.device),
+            smashed=[u.smashed.to(self.device) for u in uploads],
             labels=torch.cat([u.labels for u in uploads]).to(self.device),
             client_ids=[c for u in uploads for c in u.client_ids],
             sizes=[n for u in uploads for n in u.sizes],
@@ -244,11 +287,7 @@ class Server:
         shared = codec.roundtrip(delivery.shared.detach().cpu()) if delivery.shared is not None else None
         deliveries = [
             GradientDelivery(
-                own={
-                    c: codec.roundtrip(delivery.own[c].detach().cpu())
-                    for c in u.client_ids
-                    if c in delivery.own
-                },
+                own=self._packed([c for c in u.client_ids if c in delivery.own], delivery.own),
                 averaged=[c for c in u.client_ids if c in delivery.shared_to],
                 late=[c for c in u.client_ids if c in late],
             )
@@ -258,6 +297,13 @@ class Server:
         self.ledger.close_phase(tuple(late))
         samples = sum(n for u in uploads for c, n in zip(u.client_ids, u.sizes, strict=True) if c not in late)
         return (StepMetrics(loss, samples, sorted(delivery.shared_to)), shared, *deliveries)
+
+    def _packed(self, client_ids: list[int], grads: dict[int, torch.Tensor]) -> RowGradients:
+        """The gradients of `client_ids` as one tensor, as the codec delivers them: a view of the
+        server's gradient where they are its consecutive rows (no copy), as they usually are.
+        Codecs act row by row (a row is a sample), so packing first changes nothing."""
+        packed = RowGradients.pack(grads, client_ids)
+        return RowGradients(client_ids, packed.sizes, self.codec.roundtrip(packed.rows.detach().cpu()))
 
     def average_server_copies(self) -> None:
         """SFLv1: FedAvg of the per-client top models (equal partitions: equal weights);

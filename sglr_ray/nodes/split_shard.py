@@ -21,7 +21,7 @@ from sglr_ray.nodes.client import Client, ClientShard
 from sglr_ray.nodes.codec import parse_codec
 from sglr_ray.nodes.grouped import GroupedBottoms, groupable
 from sglr_ray.nodes.optim import set_lr
-from sglr_ray.nodes.protocol import GradientDelivery, SmashedBatch
+from sglr_ray.nodes.protocol import GradientDelivery, RowGradients, SmashedBatch
 from sglr_ray.nodes.specs import NodeSettings
 
 
@@ -123,11 +123,9 @@ class SplitShard(ClientShard):
             raise RuntimeError("apply_gradient called without a forward_batch before it")
         averaged = set(delivery.averaged)
         if isinstance(self._pending, torch.Tensor):  # the grouped forward: one backward, one step
-            grads = [
-                (averaged_gradient if c in averaged else delivery.own[c]).to(self.device)
-                for c in self.client_ids
-            ]
-            self._grouped.step(self._pending, grads, self._autocast)
+            self._grouped.step(
+                self._pending, self._grouped_gradients(delivery, averaged_gradient), self._autocast
+            )
             self._pending = None
             return
         for client, kept in self._pending:
@@ -138,6 +136,17 @@ class SplitShard(ClientShard):
             self.role.backward(client.model, client.optimizer, kept, received)
             self._checkin(client)
         self._pending = None
+
+    def _grouped_gradients(
+        self, delivery: GradientDelivery, averaged_gradient: torch.Tensor | None
+    ) -> torch.Tensor | list[torch.Tensor]:
+        """What the grouped step back-propagates: every client's own rows as the ONE tensor they
+        came in (read in place), or one tensor per client where some received the average."""
+        own = delivery.own
+        if not delivery.averaged and isinstance(own, RowGradients) and own.client_ids == self.client_ids:
+            return own.rows.to(self.device)
+        averaged = set(delivery.averaged)
+        return [(averaged_gradient if c in averaged else own[c]).to(self.device) for c in self.client_ids]
 
     def apply_then_forward(
         self,
