@@ -9,7 +9,7 @@ t-test, Holm's adjustment within each (attack, metric) family, and a verdict tha
 metric's direction (privacy/metrics.py: for mse higher is less leakage, for the rest lower).
 
   from sglr_ray.analysis.phi_leakage import phi_contrasts
-  phi_contrasts(load_privacy("results/privacy-study"))
+  phi_contrasts(load_privacy("results/privacy-study"))   # analysis.runs.load_privacy
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from __future__ import annotations
 import pandas as pd
 
 from sglr_ray.analysis.markdown import markdown_table
-from sglr_ray.analysis.runs import load_privacy
-from sglr_ray.analysis.stats import holm, paired_test
+from sglr_ray.analysis.significance import LEVEL
+from sglr_ray.analysis.stats import holm, paired_summary
 from sglr_ray.analysis.tradeoff import defense_labels
 from sglr_ray.privacy.metrics import LESS_LEAKAGE_WHEN_HIGHER
 
@@ -30,7 +30,7 @@ CONTRASTED = {
     "fsha": ("mse", "ssim"),
     "broadcast": ("label_acc", "row_acc"),
 }
-ALPHA_LEVEL = 0.05
+_KEYS = ["attack", "metric", "defense", "alpha"]
 
 
 def phi_contrasts(rows: pd.DataFrame) -> pd.DataFrame:
@@ -47,25 +47,20 @@ def phi_contrasts(rows: pd.DataFrame) -> pd.DataFrame:
     ]
     if sglr.empty:
         return pd.DataFrame()
-    sglr = sglr.assign(defense=defense_labels(sglr))
-    records = []
-    for (attack, metric, defense, alpha), group in sglr.groupby(["attack", "metric", "defense", "alpha"]):
-        per_seed = group.pivot_table(index="seed", columns="phi", values="value", aggfunc="mean")
-        if 0.0 not in per_seed.columns:
-            continue
-        for phi in (p for p in per_seed.columns if p > 0):
-            pairs = per_seed[[0.0, phi]].dropna()
-            if pairs.empty:
-                continue
-            diff = pairs[phi] - pairs[0.0]
-            test = paired_test(diff)
-            records.append({"attack": attack, "metric": metric, "defense": defense, "alpha": alpha,
-                            "phi": phi, "pairs": len(pairs), "phi 0": pairs[0.0].mean(),
-                            "at phi": pairs[phi].mean(), "difference": test.diff, "ci95": test.ci95,
-                            "p": test.p, "above zero": int((diff > 0).sum())})  # fmt: skip
-    if not records:
+    values = (
+        sglr.assign(defense=defense_labels(sglr)).groupby([*_KEYS, "phi", "seed"]).value.mean().reset_index()
+    )
+    # One row per pair: each run at phi > 0 beside the phi 0 run of the same keys and seed.
+    control = values[values.phi == 0].drop(columns="phi").rename(columns={"value": "control"})
+    pairs = values[values.phi > 0].rename(columns={"value": "treatment"}).merge(control, on=[*_KEYS, "seed"])
+    if pairs.empty:
         return pd.DataFrame()
-    table = pd.DataFrame(records)
+    summary = paired_summary(pairs, [*_KEYS, "phi"]).reset_index()
+    table = pd.DataFrame({
+        **{key: summary[key] for key in [*_KEYS, "phi"]}, "pairs": summary.n, "phi 0": summary.control,
+        "at phi": summary.treatment, "difference": summary["diff"], "ci95": summary.ci95, "p": summary.p,
+        "above zero": summary.positive,
+    })  # fmt: skip
     adjusted = table.groupby(["attack", "metric"]).p.transform(
         lambda p: pd.Series(holm(p.to_numpy()), p.index)
     )
@@ -77,15 +72,14 @@ def phi_contrasts(rows: pd.DataFrame) -> pd.DataFrame:
 def _verdict(metric: str, difference: float, p_holm: float) -> str:
     if pd.isna(p_holm):
         return "no test"
-    if p_holm >= ALPHA_LEVEL:
+    if p_holm >= LEVEL:
         return "inside the noise"
     less = (difference > 0) == (metric in LESS_LEAKAGE_WHEN_HIGHER)
     return "leaks less at this phi" if less else "leaks more at this phi"
 
 
-def phi_lines(out) -> list[str]:
-    """The report's "Table 5 revisited" subsection for results directory `out`; [] without data."""
-    rows = load_privacy(out)
+def phi_lines(rows: pd.DataFrame) -> list[str]:
+    """The report's "Table 5 revisited" subsection from load_privacy's `rows`; [] without data."""
     table = phi_contrasts(rows) if not rows.empty else pd.DataFrame()
     if table.empty:
         return []

@@ -20,7 +20,7 @@ from matplotlib.lines import Line2D
 
 from sglr_ray import privacy
 from sglr_ray.analysis.markdown import markdown_table
-from sglr_ray.analysis.runs import load_privacy, setting_labels
+from sglr_ray.analysis.runs import setting_labels
 from sglr_ray.analysis.stats import summarise
 
 __all__ = ["defense_labels", "main_metric", "plot_tradeoff", "privacy_lines", "tradeoff_table"]
@@ -94,10 +94,9 @@ def _bar(half: float) -> float:
     return 0.0 if pd.isna(half) else half  # one seed: no interval to draw
 
 
-def privacy_lines(out: Path, directory: Path, save: Callable[[Figure, Path], None]) -> list[str]:
-    """The report's privacy section for results directory `out`: a table and a plot per attack
+def privacy_lines(rows: pd.DataFrame, directory: Path, save: Callable[[Figure, Path], None]) -> list[str]:
+    """The report's privacy section from load_privacy's `rows`: a table and a plot per attack
     (saved by `save(figure, path)` under `directory/plots`); [] where there is no privacy table."""
-    rows = load_privacy(out)
     rows = rows[rows.attack != "accounting"] if not rows.empty else rows
     if rows.empty:
         return []
