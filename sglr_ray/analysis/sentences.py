@@ -50,7 +50,7 @@ def _gain_text(table: pd.DataFrame, is_baseline: Baseline) -> str:
         return ""
     names = table.columns.names
     shown = [f"C={c}: {g:+.2f} points with {column_label(b, names)}" for c, g, b in gains.itertuples()]
-    return ("yes" if (gains.gain > 0).all() else "no") + " (" + "; ".join(shown) + ")"
+    return _yes((gains.gain > 0).all()) + " (" + "; ".join(shown) + ")"
 
 
 def method_sentence(table: pd.DataFrame, paper: pd.DataFrame) -> str:
@@ -86,8 +86,8 @@ def leakage_sentence(ours: pd.DataFrame, paper: pd.DataFrame) -> str:
     low, high, paper_low, paper_high = mse.loc[0], mse.loc[top], paper.loss.loc[0.0], paper.loss.loc[1.0]
     return (
         f"Averaging leaks less (reconstruction MSE higher at phi={top:g} than at phi=0): "
-        f"{'yes' if high > low else 'no'} ({low:.4g} to {high:.4g}); in the paper (phi=1): "
-        f"{'yes' if paper_high > paper_low else 'no'} ({paper_low:g} to {paper_high:g})."
+        f"{_yes(high > low)} ({low:.4g} to {high:.4g}); in the paper (phi=1): "
+        f"{_yes(paper_high > paper_low)} ({paper_low:g} to {paper_high:g})."
     )
 
 
@@ -96,7 +96,7 @@ def server_saving_sentence(table: pd.DataFrame) -> str:
     saving = analysis.server_saving(table)
     if saving.empty:
         return ""
-    verdict = "yes" if (saving > 0).all() else "no"
+    verdict = _yes((saving > 0).all())
     ends = saving if len(saving) <= 4 else saving.sort_values().iloc[[0, -1]]  # a sweep: the extremes
     shown = "; ".join(f"{label}: {percent:.1f}% less" for label, percent in ends.items())
     what = "SplitAvg's broadcast cuts the bytes the server sends per epoch (against phi = 0 at the same C)"
