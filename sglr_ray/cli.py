@@ -24,6 +24,7 @@ import logging
 import os
 import shlex
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--include-superseded", action="store_true",
         help="count runs that newer runs of today's defaults supersede (left out by default; the "
         "report's provenance section lists them)",
+    )  # fmt: skip
+    report.add_argument(
+        "--baseline", type=Path, action="append", default=[], metavar="DIR",
+        help="a results directory whose cells OUT's runs rerun with a setting changed (controls): the "
+        "report pairs each control run with the baseline's run of the same cell and seed (repeatable)",
     )  # fmt: skip
     run.add_argument("--config", type=Path, help="YAML or TOML file of run settings; flags override it")
     run.add_argument(
@@ -283,7 +289,7 @@ def run_command(args: argparse.Namespace) -> int:
     if args.command == "sweep":
         return run_grid(args.grid, args.parallel, args.dry_run, args)
     if args.command == "report":
-        return write_report_for(args.out, args.path, args.include_superseded)
+        return write_report_for(args.out, args.path, args.include_superseded, args.baseline)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
         config = resumed_config(args) if args.resume else config_from_args(args)
@@ -295,13 +301,19 @@ def run_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def write_report_for(out: Path, path: Path | None, include_superseded: bool = False) -> int:
+def write_report_for(
+    out: Path, path: Path | None, include_superseded: bool = False, baselines: Sequence[Path] = ()
+) -> int:
     from sglr_ray.analysis.report import write_report  # matplotlib and pandas analysis: loaded only here
 
-    if not (out / "runs").is_dir():
-        print(f"sglr-ray: error: {str(out)!r} holds no runs/ directory of results", file=sys.stderr)
-        return 2
-    print(f"report: {write_report(out, path, include_superseded)}")
+    for directory, name in [(out, "OUT"), *((b, "--baseline") for b in baselines)]:
+        if not (directory / "runs").is_dir():
+            print(
+                f"sglr-ray: error: {name} {str(directory)!r} holds no runs/ directory of results",
+                file=sys.stderr,
+            )
+            return 2
+    print(f"report: {write_report(out, path, include_superseded, baselines)}")
     return 0
 
 

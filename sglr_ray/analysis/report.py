@@ -12,12 +12,14 @@ runs.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
 from sglr_ray.analysis import significance, systems
 from sglr_ray.analysis import tables as analysis
+from sglr_ray.analysis.controls import control_lines
 from sglr_ray.analysis.markdown import decimals_for, markdown_table
 from sglr_ray.analysis.paper import paper_difference
 from sglr_ray.analysis.phi_leakage import phi_lines
@@ -41,22 +43,32 @@ CI_NOTE = "half-width of the 95% confidence interval (Student t, n - 1 degrees o
 PAPER_NOTE = "The paper's figures (Fashion-MNIST; ResNet-16 in Tables 1-2, AlexNet, 5 clients in Table 4):"
 
 
-def write_report(out: str | Path, path: str | Path | None = None, include_superseded: bool = False) -> Path:
+def write_report(
+    out: str | Path, path: str | Path | None = None, include_superseded: bool = False,
+    baselines: Sequence[str | Path] = (),
+) -> Path:  # fmt: skip
     """Write the report for results directory `out` to `path` (default `<out>/report.md`) and its
     plots to `plots/` beside it; return the report's path. Superseded runs (provenance.py) are
-    left out of every table unless `include_superseded`; the provenance section names them."""
-    out = Path(out)
-    if not (out / "runs").is_dir():
-        raise FileNotFoundError(f"{out}/runs does not exist: pass a results directory (the --out of a run)")
+    left out of every table unless `include_superseded`; the provenance section names them.
+    `baselines`: the results directories whose cells `out`'s runs are controls of (controls.py)."""
+    out, baselines = Path(out), [Path(b) for b in baselines]
+    for directory in [out, *baselines]:
+        if not (directory / "runs").is_dir():
+            raise FileNotFoundError(
+                f"{directory}/runs does not exist: pass a results directory (the --out of a run)"
+            )
     path = Path(path) if path is not None else out / "report.md"
     recorded = analysis.load_runs(out)
     old = superseded(recorded) if not include_superseded else pd.Series(False, index=recorded.index)
     runs = recorded[~old]
     epochs, leakage = analysis.load_epochs(out), analysis.load_leakage(out)
+    flags = (" --include-superseded" if include_superseded else "") + "".join(
+        f" --baseline {b}" for b in baselines
+    )
     lines = [
         f"# Results report: {out}",
         "",
-        f"Regenerate with `sglr-ray report {out}`{' --include-superseded' if include_superseded else ''}. "
+        f"Regenerate with `sglr-ray report {out}{flags}`. "
         "Only completed runs count (see Provenance at the end). Accuracy: final test top-1 in percent. "
         f"Verdicts read Holm-adjusted p-values (family-wise error {significance.LEVEL:g} per table).",
     ]
@@ -69,6 +81,10 @@ def write_report(out: str | Path, path: str | Path | None = None, include_supers
         lines += ["", f"## {label}"]
         lines += _tables(group, epochs[epochs.run_id.isin(ids)], _rows_of(leakage, ids))
         lines += write_plots(group, epochs[epochs.run_id.isin(ids)], path.parent, suffix)
+    if baselines:
+        lines += control_lines(
+            runs, _current_runs(baselines, include_superseded), [str(b) for b in baselines]
+        )
     lines += _virtual_clock(out, runs)
     privacy_rows = load_privacy(out)  # read once: the trade-off tables and Table 5 revisited
     lines += privacy_lines(privacy_rows, path.parent, save_figure_atomic)
@@ -76,6 +92,12 @@ def write_report(out: str | Path, path: str | Path | None = None, include_supers
     lines += provenance_lines(recorded, recorded[old])
     _write_text_atomic(path, "\n".join(lines) + "\n")
     return path
+
+
+def _current_runs(directories: list[Path], include_superseded: bool) -> pd.DataFrame:
+    """The runs of several results directories in one frame, superseded ones left out unless asked."""
+    recorded = pd.concat([analysis.load_runs(d) for d in directories], ignore_index=True)
+    return recorded if include_superseded else recorded[~superseded(recorded)]
 
 
 _CLOCK_NAMES = {"test_acc": "test acc %", "sim_epoch_s": "sim s per epoch", "sim_s": "sim s in all",

@@ -136,27 +136,36 @@ def _span(clients: pd.Series) -> str:
 TESTS_NOTE = (
     "p: two-sided paired t-test of a zero difference (n - 1 degrees of freedom); p Holm: adjusted "
     "over this table's {tests} distinct tests (Holm's step-down, family-wise error 5%); +: pairs "
-    "above zero. paper: the paper's difference for this comparison (the two means of its table). "
-    "TOST Holm: the equivalence test against it, Holm-adjusted over the {tost} comparisons with a "
-    "paper figure: under 0.05 means our true difference lies inside (-|paper|, +|paper|), i.e. is "
-    "smaller in size than the paper's (the same as our 90% interval inside those bounds). The "
-    "verdict reads the adjusted figures only: above/below where p Holm < 0.05, else inside the noise."
+    "above zero.{paper} The verdict reads the adjusted figures only: above/below where p Holm < "
+    "0.05, else inside the noise."
+)
+PAPER_TESTS_NOTE = (
+    " paper: the paper's difference for this comparison (the two means of its table). TOST Holm: "
+    "the equivalence test against it, Holm-adjusted over the {tost} comparisons with a paper figure: "
+    "under 0.05 means our true difference lies inside (-|paper|, +|paper|), i.e. is smaller in size "
+    "than the paper's (the same as our 90% interval inside those bounds)."
 )
 POOLED_NOTE = (
     "Each setting's per-seed differences pooled over every C it was paired at, one paired t-test "
     "(each (C, seed) pair counts once; p Holm over the settings); p seeds: the same over each seed's "
     "mean difference (seeds - 1 degrees of freedom), which holds however a seed's C values are "
-    "related. paper: the paper's mean difference over the C where it has a figure; ours there: our "
+    "related.{paper}"
+)
+PAPER_POOLED_NOTE = (
+    " paper: the paper's mean difference over the C where it has a figure; ours there: our "
     "mean over the same C; TOST Holm: the equivalence test of ours there against that mean."
 )
+PAPER_COLUMNS = ["paper", "ours there", "TOST Holm"]
 
 
 def tests_lines(
-    pairs: pd.DataFrame, control_label: str | None, control: str, columns: tuple[str, str] | None = None
-) -> list[str]:
+    pairs: pd.DataFrame, control_label: str | None, control: str, columns: tuple[str, str] | None = None,
+    paper: bool = True,
+) -> list[str]:  # fmt: skip
     """The report's lines for one table of paired comparisons: the tests table (its two accuracy
     columns named `columns`, default setting % and `control` %), its note, one sentence on what
-    survives Holm, and the pooled table."""
+    survives Holm, and the pooled table; without the paper's columns and their test where not
+    `paper` (comparisons the paper never made)."""
     table = tests_table(pairs, control_label)
     treatment_name, control_name = columns or ("setting %", f"{control} %")
     shown = pd.DataFrame({
@@ -165,7 +174,8 @@ def tests_lines(
         "p Holm": table.p_holm.map(_p), "+": _counts(table),
         "paper": table.paper, "TOST Holm": table.tost_holm.map(_p), "verdict": table.verdict,
     })  # fmt: skip
-    note = TESTS_NOTE.format(tests=int(table.p_holm.notna().sum()), tost=int(table.tost_holm.notna().sum()))
+    tost = PAPER_TESTS_NOTE.format(tost=int(table.tost_holm.notna().sum())) if paper else ""
+    note = TESTS_NOTE.format(tests=int(table.p_holm.notna().sum()), paper=tost)
     pooled = pooled_table(distinct(pairs, control_label))
     pooled_shown = pd.DataFrame({
         "C": pooled.C, "pairs": pooled.pairs.astype(int), "difference": pooled["diff"],
@@ -173,10 +183,14 @@ def tests_lines(
         "+": pooled.positive, "p seeds": pooled.p_seeds.map(_p), "paper": pooled.paper,
         "ours there": pooled.ours_there, "TOST Holm": pooled.tost_holm.map(_p),
     })  # fmt: skip
+    if not paper:
+        shown = shown.drop(columns=[c for c in PAPER_COLUMNS if c in shown.columns])
+        pooled_shown = pooled_shown.drop(columns=PAPER_COLUMNS)
     lines = ["", markdown_table(shown, decimals=2), "", note, "", survivors_sentence(table)]
     if pairs.groupby("setting").C.nunique().max() < 2:
         return lines  # one C per setting: the pooled table would repeat the one above
-    return [*lines, "", "Pooled over C:", "", markdown_table(pooled_shown, decimals=2), "", POOLED_NOTE]
+    pooled_note = POOLED_NOTE.format(paper=PAPER_POOLED_NOTE if paper else "")
+    return [*lines, "", "Pooled over C:", "", markdown_table(pooled_shown, decimals=2), "", pooled_note]
 
 
 def survivors_sentence(table: pd.DataFrame) -> str:

@@ -100,12 +100,20 @@ def shrink(argv: list[str]) -> list[str]:
     return ["run", *args]
 
 
+def writes_results(argv: list[str]) -> bool:
+    """Whether a command would write under results/ (a report writes to --path where given)."""
+    if "--dry-run" in argv:
+        return False
+    if argv[0] == "report" and "--path" in argv:
+        return argv[argv.index("--path") + 1].startswith("results/")
+    return any(word.startswith("results/") for word in argv)
+
+
 def run_line(line: str, cwd: Path, env: dict[str, str]) -> None:
     words = shlex.split(line, comments=True)
     if words[:1] == ["sglr-ray"] and not SHELL_SYNTAX & set(words):
         argv = shrink(words[1:])
-        writes_results = [w for w in argv if w.startswith("results/")] and "--dry-run" not in argv
-        assert not writes_results, f"a docs example must not write into the repository: {line}"
+        assert not writes_results(argv), f"a docs example must not write into the repository: {line}"
         try:
             code = cli.main(argv)
         except SystemExit as ex:  # --help
