@@ -56,7 +56,13 @@ def control_pairs(controls: pd.DataFrame, baseline: pd.DataFrame) -> tuple[pd.Da
     controls, baseline = completed_runs(controls), completed_runs(baseline)
     if controls.empty or baseline.empty:
         return pd.DataFrame(), []
-    changed = changed_settings(controls, baseline)
+    return _pairs(controls, baseline, changed_settings(controls, baseline))
+
+
+def _pairs(
+    controls: pd.DataFrame, baseline: pd.DataFrame, changed: list[str]
+) -> tuple[pd.DataFrame, list[str]]:
+    """control_pairs of completed runs, the settings the controls change given."""
     constant = {name: _text(baseline[name].iloc[0]) for name in changed}
     variant = [
         ", ".join(f"{name} {_text(row[name])}" for name in changed if _text(row[name]) != constant[name])
@@ -101,15 +107,19 @@ def _tested(frame: pd.DataFrame) -> pd.DataFrame:
 def control_lines(controls: pd.DataFrame, baseline: pd.DataFrame, baseline_dirs: list[str]) -> list[str]:
     """The report's section: the controls against their baselines, then each knob's gain over PSL
     under the control against the same gain in the baseline; [] where nothing pairs."""
-    pairs, unpaired = control_pairs(controls, baseline)
+    controls, baseline = completed_runs(controls), completed_runs(baseline)
+    if controls.empty or baseline.empty:
+        return []
+    changed = changed_settings(controls, baseline)
+    pairs, unpaired = _pairs(controls, baseline, changed)
     if pairs.empty:
         return []
-    changed = ", ".join(changed_settings(completed_runs(controls), completed_runs(baseline)))
     lines = [
         "",
         "## Controls against the baseline studies",
         "",
-        f"Baselines: {', '.join(f'`{d}`' for d in baseline_dirs)}. Settings the controls change: {changed} "
+        f"Baselines: {', '.join(f'`{d}`' for d in baseline_dirs)}. "
+        f"Settings the controls change: {', '.join(changed)} "
         "(each takes one value throughout the baselines). A control run pairs with the baseline run that "
         "agrees with it on every other setting, the seed and the test images.",
         "",

@@ -1,4 +1,5 @@
-"""Markdown tables from DataFrames (pandas' to_markdown needs the tabulate package).
+"""Markdown tables from DataFrames (pandas' to_markdown needs the tabulate package), and
+`collapse_stats`, a table of mean/ci95/n columns as 'mean ± ci95' text cells.
 
 Used by `sglr-ray report` and the benchmark scripts.
 """
@@ -8,6 +9,8 @@ from __future__ import annotations
 import math
 
 import pandas as pd
+
+CI_NOTE = "half-width of the 95% confidence interval (Student t, n - 1 degrees of freedom)"
 
 
 def markdown_table(frame: pd.DataFrame, exact: bool = False, decimals: int | None = None) -> str:
@@ -49,3 +52,29 @@ def column_label(label: object, names: list) -> str:
 
 def _label(value: object) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def collapse_stats(table: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """A table with a `stat` column level as text cells 'mean ± ci95' (ci95: half-width of the
+    95% interval over seeds), and a note saying over how many seeds (cells carry '(n)' when that
+    differs between cells)."""
+    mean, half, n = (table.xs(stat, axis=1, level="stat") for stat in ("mean", "ci95", "n"))
+    counts = {int(k) for k in n.to_numpy().ravel() if not pd.isna(k)}
+    show_n = len(counts) > 1
+
+    def cell(m: float, h: float, k: float, decimals: int) -> str:
+        if pd.isna(m):
+            return ""
+        text = f"{m:.{decimals}f}" + ("" if pd.isna(h) else f" ± {h:.{decimals}f}")
+        return text + (f" ({int(k)})" if show_n else "")
+
+    decimals = [decimals_for(mean[c]) for c in mean.columns]
+    rows = zip(mean.to_numpy(), half.to_numpy(), n.to_numpy(), strict=True)
+    cells = [[cell(*c) for c in zip(*row, decimals, strict=True)] for row in rows]
+    if show_n:
+        note = f"Mean ± {CI_NOTE}; the number of seeds in brackets (one seed: no interval)."
+    elif counts == {1}:
+        note = "One seed per cell: no confidence interval."
+    else:
+        note = f"Mean ± {CI_NOTE}, over {counts.pop()} seeds."
+    return pd.DataFrame(cells, index=mean.index, columns=mean.columns), note

@@ -50,6 +50,11 @@ def superseded(runs: pd.DataFrame) -> pd.Series:
     return mask
 
 
+def left_out(runs: pd.DataFrame, include_superseded: bool) -> pd.Series:
+    """The mask of the runs a report leaves out: the superseded ones, unless asked to include them."""
+    return pd.Series(False, index=runs.index) if include_superseded else superseded(runs)
+
+
 def superseded_lines(left_out: pd.DataFrame) -> list[str]:
     """One line per superseded setting left out of a report: its label, seeds and why."""
     if left_out.empty:

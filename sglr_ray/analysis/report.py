@@ -20,11 +20,11 @@ import pandas as pd
 from sglr_ray.analysis import significance, systems
 from sglr_ray.analysis import tables as analysis
 from sglr_ray.analysis.controls import control_lines
-from sglr_ray.analysis.markdown import decimals_for, markdown_table
+from sglr_ray.analysis.markdown import CI_NOTE, collapse_stats, markdown_table
 from sglr_ray.analysis.paper import paper_difference
 from sglr_ray.analysis.phi_leakage import phi_lines
 from sglr_ray.analysis.plots import save_figure_atomic, write_plots
-from sglr_ray.analysis.provenance import provenance_lines, superseded
+from sglr_ray.analysis.provenance import left_out, provenance_lines
 from sglr_ray.analysis.runs import load_privacy
 from sglr_ray.analysis.sentences import (
     beats_sentence,
@@ -39,7 +39,6 @@ from sglr_ray.atomic import atomic_path
 
 __all__ = ["collapse_stats", "write_report"]
 PAPER = analysis.paper_reference()
-CI_NOTE = "half-width of the 95% confidence interval (Student t, n - 1 degrees of freedom)"
 PAPER_NOTE = "The paper's figures (Fashion-MNIST; ResNet-16 in Tables 1-2, AlexNet, 5 clients in Table 4):"
 
 
@@ -59,7 +58,7 @@ def write_report(
             )
     path = Path(path) if path is not None else out / "report.md"
     recorded = analysis.load_runs(out)
-    old = superseded(recorded) if not include_superseded else pd.Series(False, index=recorded.index)
+    old = left_out(recorded, include_superseded)
     runs = recorded[~old]
     epochs, leakage = analysis.load_epochs(out), analysis.load_leakage(out)
     flags = (" --include-superseded" if include_superseded else "") + "".join(
@@ -95,9 +94,9 @@ def write_report(
 
 
 def _current_runs(directories: list[Path], include_superseded: bool) -> pd.DataFrame:
-    """The runs of several results directories in one frame, superseded ones left out unless asked."""
+    """The runs of several results directories in one frame, without the rows left_out names."""
     recorded = pd.concat([analysis.load_runs(d) for d in directories], ignore_index=True)
-    return recorded if include_superseded else recorded[~superseded(recorded)]
+    return recorded[~left_out(recorded, include_superseded)]
 
 
 _CLOCK_NAMES = {"test_acc": "test acc %", "sim_epoch_s": "sim s per epoch", "sim_s": "sim s in all",
@@ -330,35 +329,6 @@ _COMM_NAMES = {
     "mb_up": "MB up", "mb_down": "MB down", "mb_server_sent": "MB sent by server",
     "mb_per_client": "MB per client", "n": "seeds",
 }  # fmt: skip
-
-
-# ---------------------------------------------------------------- markdown
-
-
-def collapse_stats(table: pd.DataFrame) -> tuple[pd.DataFrame, str]:
-    """A table with a `stat` column level as text cells 'mean ± ci95' (ci95: half-width of the
-    95% interval over seeds), and a note saying over how many seeds (cells carry '(n)' when that
-    differs between cells)."""
-    mean, half, n = (table.xs(stat, axis=1, level="stat") for stat in ("mean", "ci95", "n"))
-    counts = {int(k) for k in n.to_numpy().ravel() if not pd.isna(k)}
-    show_n = len(counts) > 1
-
-    def cell(m: float, h: float, k: float, decimals: int) -> str:
-        if pd.isna(m):
-            return ""
-        text = f"{m:.{decimals}f}" + ("" if pd.isna(h) else f" ± {h:.{decimals}f}")
-        return text + (f" ({int(k)})" if show_n else "")
-
-    decimals = [decimals_for(mean[c]) for c in mean.columns]
-    rows = zip(mean.to_numpy(), half.to_numpy(), n.to_numpy(), strict=True)
-    cells = [[cell(*c) for c in zip(*row, decimals, strict=True)] for row in rows]
-    if show_n:
-        note = f"Mean ± {CI_NOTE}; the number of seeds in brackets (one seed: no interval)."
-    elif counts == {1}:
-        note = "One seed per cell: no confidence interval."
-    else:
-        note = f"Mean ± {CI_NOTE}, over {counts.pop()} seeds."
-    return pd.DataFrame(cells, index=mean.index, columns=mean.columns), note
 
 
 # ---------------------------------------------------------------- paired differences and their tests
