@@ -313,7 +313,8 @@ def _exceptions(epochs: pd.DataFrame) -> list[str]:
     gains = analysis.last_gains(epochs).dropna()
     over = gains[gains >= analysis.CONVERGED_POINTS]
     if over.empty:
-        return _paragraphs(f"All {len(gains)} runs meet the convergence rule.")
+        every = "The one run meets" if len(gains) == 1 else f"All {len(gains)} runs meet"
+        return _paragraphs(f"{every} the convergence rule.")
     frame = over.reset_index()
     labels = analysis.setting_labels(frame)
     named = [
