@@ -37,7 +37,7 @@ from sglr_ray.analysis.tables import means
 from sglr_ray.analysis.tradeoff import privacy_lines
 from sglr_ray.atomic import atomic_path
 
-__all__ = ["collapse_stats", "write_report"]
+__all__ = ["write_report"]
 PAPER = analysis.paper_reference()
 PAPER_NOTE = "The paper's figures (Fashion-MNIST; ResNet-16 in Tables 1-2, AlexNet, 5 clients in Table 4):"
 
