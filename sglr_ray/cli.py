@@ -9,7 +9,7 @@ Examples:
   sglr-ray run --resume out/RUN_ID               # carry on a run whose driver died
   sglr-ray run --out 's3://bucket/x?endpoint_override=host:9000&scheme=http'   # results on S3
   sglr-ray run --resume 's3://bucket/x/RUN_ID?endpoint_override=host:9000&scheme=http'
-  sglr-ray report results/paper-table4           # report.md with the paper's tables, and plots
+  sglr-ray report results/paper-table4-alexnet-narrow   # report.md with the paper's tables, plots
 
 Results go to --out as Parquet (runs/, epochs/, clients/): pandas.read_parquet("out/epochs").
 --out is a directory or a URI pyarrow.fs understands (s3://, gs://, hdfs://); checkpoints go
