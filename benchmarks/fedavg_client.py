@@ -33,7 +33,7 @@ def train_client(
     """
     network = build_client_model(model, seed, full=True)
     network.load_state_dict(state)
-    optimizer = torch.optim.Adam(network.parameters(), lr=lr)
+    optimizer = torch.optim.Adam(network.parameters(), lr=lr, fused=True)  # as make_optimizer builds it
     order = epoch_order(seed, client_id, 0, len(labels)).numpy()
     loss_sum, samples = 0.0, 0
     for step in range(len(labels) // batch_size):

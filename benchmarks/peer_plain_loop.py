@@ -33,8 +33,9 @@ def plain_sglr_samples_per_s(config: RunConfig, data, epochs: int) -> float:
     split = SPLIT_MODELS[config.model]
     bottoms = [split.build_bottom() for _ in range(config.clients)]
     top = split.build_top()
-    client_opts = [torch.optim.Adam(b.parameters(), lr=config.lr) for b in bottoms]
-    server_opt = torch.optim.Adam(top.parameters(), lr=config.server_lr)
+    # fused, as make_optimizer builds Adam: the plain loop steps as the engine does
+    client_opts = [torch.optim.Adam(b.parameters(), lr=config.lr, fused=True) for b in bottoms]
+    server_opt = torch.optim.Adam(top.parameters(), lr=config.server_lr, fused=True)
     loaders = [
         DataLoader(TensorDataset(to_model_input(p.images), torch.from_numpy(p.labels)),
                    batch_size=config.batch_size, shuffle=True, drop_last=True)

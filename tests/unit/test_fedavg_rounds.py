@@ -39,7 +39,7 @@ def fedavg_reference(config, keep_optimizers: bool) -> tuple[list[float], dict[s
         for client_id, part in enumerate(partitions):
             model = build_client_model(config.model, config.seed, True)
             model.load_state_dict(start)
-            adam = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(0.9, 0.999))
+            adam = torch.optim.Adam(model.parameters(), lr=config.lr, betas=(0.9, 0.999), fused=True)
             if keep_optimizers and client_id in kept:
                 adam.load_state_dict(kept[client_id])
             passes = range(epoch * config.local_epochs, (epoch + 1) * config.local_epochs)
