@@ -31,6 +31,7 @@ from sglr_ray.nodes.models import has_randomness, state_nbytes, step_randomness,
 from sglr_ray.nodes.optim import (
     LrSchedule,
     autocast,
+    load_optimizer_state,
     optimizer_state_copy,
     set_lr,
 )
@@ -137,7 +138,7 @@ class ClientShard:
 
     def _load_optimizer_state(self, row: int, saved: dict) -> None:
         client = self._checkout(row)
-        client.optimizer.load_state_dict(saved)
+        load_optimizer_state(client.optimizer, saved)
         self._checkin(client)
 
     # --- a step ---------------------------------------------------------------------------

@@ -16,7 +16,13 @@ from sglr_ray.methods.aggregate import weighted_state_sum
 from sglr_ray.nodes.client import Client, ClientShard
 from sglr_ray.nodes.client_state import ClientStates
 from sglr_ray.nodes.models import state_nbytes
-from sglr_ray.nodes.optim import classification_loss, make_optimizer, optimizer_state_copy, set_lr
+from sglr_ray.nodes.optim import (
+    classification_loss,
+    load_optimizer_state,
+    make_optimizer,
+    optimizer_state_copy,
+    set_lr,
+)
 from sglr_ray.nodes.protocol import ModelUpload
 
 
@@ -78,7 +84,7 @@ class LocalShard(ClientShard):
         if not self._one_model:
             super()._load_optimizer_state(row, saved)
             return
-        self._optimizer_of(row).load_state_dict(saved)
+        load_optimizer_state(self._optimizer_of(row), saved)
 
     def train_local(
         self, epoch: int, passes: int = 1, client_ids: list[int] | None = None

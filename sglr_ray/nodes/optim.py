@@ -77,6 +77,20 @@ def optimizer_state_copy(optimizer: torch.optim.Optimizer) -> dict:
     return _cloned(optimizer.state_dict())
 
 
+def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
+    """Restore a checkpoint's optimizer state, keeping how this optimizer steps.
+
+    torch's load_state_dict also restores each group's options, `fused` and `foreach`
+    among them, so a checkpoint written before Adam was fused would resume on the slower
+    per-parameter loop: the state is the checkpoint's, the implementation this run's.
+    The state is cloned: torch's load_state_dict keeps tensors that already have the right
+    dtype and device, and the next step would change `saved` in place."""
+    kept = [{k: group[k] for k in ("fused", "foreach") if k in group} for group in optimizer.param_groups]
+    optimizer.load_state_dict(_cloned(saved))
+    for group, options in zip(optimizer.param_groups, kept, strict=True):
+        group.update(options)
+
+
 def _cloned(value: object) -> object:
     if torch.is_tensor(value):
         return value.detach().clone()

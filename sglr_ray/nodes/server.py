@@ -23,7 +23,14 @@ from sglr_ray.methods.aggregate import fedavg, weighted_state_sum
 from sglr_ray.methods.base import ServerBatch
 from sglr_ray.nodes.codec import parse_codec
 from sglr_ray.nodes.models import SERVER_STREAM, has_randomness, step_randomness, weights_copy
-from sglr_ray.nodes.optim import LrSchedule, autocast, classification_loss, make_optimizer, set_lr
+from sglr_ray.nodes.optim import (
+    LrSchedule,
+    autocast,
+    classification_loss,
+    load_optimizer_state,
+    make_optimizer,
+    set_lr,
+)
 from sglr_ray.nodes.protocol import (
     GradientDelivery,
     ModelUpload,
@@ -377,7 +384,7 @@ class Server:
             self.tops, self.optimizers, state["tops"], state["optimizers"], strict=True
         ):
             top.load_state_dict(top_state)
-            optimizer.load_state_dict(optimizer_state)
+            load_optimizer_state(optimizer, optimizer_state)
         self.ledger = CommLedger(self.ledger.num_clients)
 
     def top_state(self) -> dict[str, torch.Tensor] | None:

@@ -17,7 +17,7 @@ from sglr_ray.execution.local import LocalExecutor
 from sglr_ray.measure.energy import NoMeter
 from sglr_ray.methods.schedules import PARALLEL
 from sglr_ray.nodes.models import SPLIT_MODELS, seeded
-from sglr_ray.nodes.optim import make_optimizer
+from sglr_ray.nodes.optim import load_optimizer_state, make_optimizer
 from sglr_ray.nodes.protocol import tensor_nbytes
 from sglr_ray.nodes.server import Server
 
@@ -220,4 +220,36 @@ def test_adam_is_fused_and_steps_as_the_per_parameter_loop():
             optimizer.step()
     for got, want, before in zip(fused_model.parameters(), loop_model.parameters(), start, strict=True):
         assert (got - before).abs().max() > 1e-3  # both trained: five steps of lr 1e-2 moved every tensor
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+
+
+def test_a_loop_adam_checkpoint_resumes_fused_with_its_state():
+    """Checkpoints written before Adam was fused hold `fused: False` in their groups; a resume
+    takes their moments and step counts but keeps stepping fused, and matches the loop."""
+    torch.manual_seed(0)
+    loop_model = torch.nn.Linear(4, 3).double()
+    loop = torch.optim.Adam(loop_model.parameters(), lr=1e-2, betas=(0.9, 0.999), fused=False)
+
+    def step(model, optimizer, x, y):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+
+    batches = [(torch.randn(5, 4, dtype=torch.float64), torch.randint(0, 3, (5,))) for _ in range(6)]
+    for x, y in batches[:3]:
+        step(loop_model, loop, x, y)
+    resumed_model = copy.deepcopy(loop_model)
+    resumed = make_optimizer(resumed_model.parameters(), "adam", 1e-2)
+    saved = loop.state_dict()
+    load_optimizer_state(resumed, saved)
+    assert all(
+        resumed.state[p]["exp_avg"] is not saved["state"][i]["exp_avg"]
+        for i, p in enumerate(resumed_model.parameters())
+    )
+    assert [g["fused"] for g in resumed.param_groups] == [True]
+    assert all(float(s["step"]) == 3 for s in resumed.state.values())
+    for x, y in batches[3:]:
+        step(loop_model, loop, x, y)
+        step(resumed_model, resumed, x, y)
+    for got, want in zip(resumed_model.parameters(), loop_model.parameters(), strict=True):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
