@@ -20,7 +20,8 @@ subnormals takes a slow microcode path.
 
 `--load N` runs N busy processes at niceness 10 beside the measurement (other
 work on the machine), and `--worker-niceness K` starts Ray's workers at K
-instead of the driver's niceness (Ray's own default is 15; ray_actors.py).
+instead of the driver's niceness (Ray's own default is 15 above the raylet's;
+ray_actors.py).
 
   .venv/bin/python -m benchmarks.profile_steps --method ssl --clients 10
   .venv/bin/python -m benchmarks.profile_steps --method ssl --clients 10 --samples-per-client 40 --load 2
@@ -225,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "  .venv/bin/python -m benchmarks.profile_steps " + " ".join(shown_args)
     name = args.name or f"profile-{args.method}"
     if args.worker_niceness is not None:
-        os.environ[WORKER_NICENESS_ENV] = str(args.worker_niceness)
+        os.environ[WORKER_NICENESS_ENV] = str(args.worker_niceness - os.nice(0))  # Ray adds it to ours
     load = start_load(args.load)
     try:
         local, local_s, steps = local_rows(config, data)
@@ -234,15 +235,16 @@ def main(argv: list[str] | None = None) -> int:
         for process in load:
             process.kill()
     samples = config.clients * config.samples_per_client
+    worker_niceness = os.nice(0) + int(os.environ[WORKER_NICENESS_ENV])
     title = (
         f"{args.method.upper()} at C = {args.clients} ({args.model}): a step {local_s / steps * 1000:.1f} ms "
         f"in process, {ray_s / steps * 1000:.1f} ms on Ray ({steps} server steps an epoch; "
         f"{samples / local_s:.0f} against {samples / ray_s:.0f} samples/s); {args.load} busy processes "
-        f"at niceness {LOAD_NICENESS} beside it, Ray workers at niceness {os.environ[WORKER_NICENESS_ENV]}"
+        f"at niceness {LOAD_NICENESS} beside it, Ray workers at niceness {worker_niceness}"
     )
     for row in local + remote:
         row.update(method=args.method, clients=args.clients, load_processes=args.load,
-                   worker_niceness=int(os.environ[WORKER_NICENESS_ENV]))  # fmt: skip
+                   worker_niceness=worker_niceness)  # fmt: skip
     write_results(local + remote, name, title, command)
     if args.subnormals:
         title = f"{args.method.upper()} in process, subnormal floats flushed to zero or not"

@@ -173,13 +173,15 @@ _SNAPSHOTS = {ClientShard.state, Server.state}  # what checkpoint.take_snapshot 
 # actor at niceness 15 against 14 ms at niceness 0, and 10 ms in process; SSL trained 30
 # samples/s against 249 (benchmarks/profile_steps.py --load 2, results/README.md). An
 # embedded Ray therefore starts its workers at the driver's niceness, unless
-# RAY_worker_niceness says otherwise.
+# RAY_worker_niceness says otherwise. Ray applies that setting as an increment over the
+# raylet's niceness, which an embedded raylet inherits from the driver, so 0 keeps the
+# driver's: a driver under `nice -n 5` with 5 there got workers at 10.
 WORKER_NICENESS_ENV = "RAY_worker_niceness"
 
 
 def start_local_ray(**init_kwargs: Any) -> None:
     """ray.init of an embedded Ray (no dashboard) whose workers run at the driver's niceness."""
-    os.environ.setdefault(WORKER_NICENESS_ENV, str(os.nice(0)))
+    os.environ.setdefault(WORKER_NICENESS_ENV, "0")
     ray.init(address="local", include_dashboard=False, **init_kwargs)
 
 
