@@ -202,6 +202,14 @@ def test_leakage_auxiliary_data_is_held_by_no_client(tiny_config):
     assert not held & {img.tobytes() for img in data.spare.images[:2000]}
 
 
+def _train_step(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor
+) -> None:
+    optimizer.zero_grad()
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    optimizer.step()
+
+
 def test_adam_is_fused_and_steps_as_the_per_parameter_loop():
     """make_optimizer's fused Adam (the speed-up of benchmarks/adam_step.py) makes the same
     update as torch's per-parameter loop: float64 weights agree to rounding after a few steps."""
@@ -215,9 +223,7 @@ def test_adam_is_fused_and_steps_as_the_per_parameter_loop():
     for _ in range(5):
         x, y = torch.randn(4, 6, dtype=torch.float64), torch.randint(0, 3, (4,))
         for model, optimizer in ((fused_model, fused), (loop_model, loop)):
-            optimizer.zero_grad()
-            torch.nn.functional.cross_entropy(model(x), y).backward()
-            optimizer.step()
+            _train_step(model, optimizer, x, y)
     for got, want, before in zip(fused_model.parameters(), loop_model.parameters(), start, strict=True):
         assert (got - before).abs().max() > 1e-3  # both trained: five steps of lr 1e-2 moved every tensor
         torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
@@ -230,14 +236,9 @@ def test_a_loop_adam_checkpoint_resumes_fused_with_its_state():
     loop_model = torch.nn.Linear(4, 3).double()
     loop = torch.optim.Adam(loop_model.parameters(), lr=1e-2, betas=(0.9, 0.999), fused=False)
 
-    def step(model, optimizer, x, y):
-        optimizer.zero_grad()
-        torch.nn.functional.cross_entropy(model(x), y).backward()
-        optimizer.step()
-
     batches = [(torch.randn(5, 4, dtype=torch.float64), torch.randint(0, 3, (5,))) for _ in range(6)]
     for x, y in batches[:3]:
-        step(loop_model, loop, x, y)
+        _train_step(loop_model, loop, x, y)
     resumed_model = copy.deepcopy(loop_model)
     resumed = make_optimizer(resumed_model.parameters(), "adam", 1e-2)
     saved = loop.state_dict()
@@ -249,7 +250,7 @@ def test_a_loop_adam_checkpoint_resumes_fused_with_its_state():
     assert [g["fused"] for g in resumed.param_groups] == [True]
     assert all(float(s["step"]) == 3 for s in resumed.state.values())
     for x, y in batches[3:]:
-        step(loop_model, loop, x, y)
-        step(resumed_model, resumed, x, y)
+        _train_step(loop_model, loop, x, y)
+        _train_step(resumed_model, resumed, x, y)
     for got, want in zip(resumed_model.parameters(), loop_model.parameters(), strict=True):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
