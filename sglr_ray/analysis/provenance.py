@@ -40,14 +40,23 @@ def superseded(runs: pd.DataFrame) -> pd.Series:
     cells = set(done.cell_key)
     mask = pd.Series(False, index=runs.index)
     for index, row in done.iterrows():
-        recorded = _recorded_settings(row.get("config_json"))
-        for field in _LATER:
-            today = _today(field.name, field.default, row["method"])
-            if field.name in recorded or row[field.name] == today:
-                continue
-            if settings_key({**row.to_dict(), field.name: today}, with_seed=False) in cells:
+        for name, today in _absent_and_changed(row).items():
+            if settings_key({**row.to_dict(), name: today}, with_seed=False) in cells:
                 mask[index] = True
     return mask
+
+
+def _absent_and_changed(row: pd.Series) -> dict[str, object]:
+    """The settings `row` was recorded before whose value it ran differs from today's default
+    for its method, each with today's value; a setting added later that the run ran at today's
+    value changes nothing and is not named."""
+    recorded = _recorded_settings(row.get("config_json"))
+    changed = {}
+    for field in _LATER:
+        today = _today(field.name, field.default, row["method"])
+        if field.name not in recorded and row[field.name] != today:
+            changed[field.name] = today
+    return changed
 
 
 def left_out(runs: pd.DataFrame, include_superseded: bool) -> pd.Series:
@@ -68,8 +77,7 @@ def superseded_lines(left_out: pd.DataFrame) -> list[str]:
 
 
 def _missing(row: pd.Series) -> str:
-    recorded = _recorded_settings(row.get("config_json"))
-    names = [f"{f.name} (ran as {row[f.name]})" for f in _LATER if f.name not in recorded]
+    names = [f"{name} (ran as {row[name]})" for name in _absent_and_changed(row)]
     return ", ".join(names) or "a setting"
 
 

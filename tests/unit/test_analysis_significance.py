@@ -163,15 +163,18 @@ def test_report_has_the_tests_pooled_and_provenance_sections(tmp_path):
 
 
 def keep_and_reset_fl(tmp_path):
-    """FL at C = 4: seeds 0-1 recorded before client_optimizer_state existed (ran as keep, 80%),
-    and the same seeds under today's default (reset, 90%); PSL beside them."""
+    """FL at C = 4: seeds 0-1 recorded before client_optimizer_state existed (ran as keep, 80%)
+    and before compress did (ran as none, today's default), and the same seeds under today's
+    defaults (reset, 90%); PSL beside them."""
     old = [
         {k: v for k, v in run_row(f"fl-old-s{s}", method="fl", seed=s, client_optimizer_state="keep",
                                   final_test_acc=0.80).items() if k != "client_optimizer_state"}
         for s in (0, 1)
     ]  # fmt: skip
-    for row in old:  # the config of a run from before the setting: the setting absent
-        row["config_json"] = row["config_json"].replace('"client_optimizer_state": "keep", ', "")
+    for row in old:  # the config of a run from before the settings: both absent
+        for recorded in ('"client_optimizer_state": "keep", ', '"compress": "none", '):
+            assert recorded in row["config_json"]
+            row["config_json"] = row["config_json"].replace(recorded, "")
     new = [run_row(f"fl-new-s{s}", method="fl", seed=s, final_test_acc=0.90 - 0.01 * s) for s in (0, 1)]
     psl = [run_row(f"psl-s{s}", method="psl", seed=s, final_test_acc=0.85) for s in (0, 1)]
     out = write_results(tmp_path / "o", [*new, *psl])
