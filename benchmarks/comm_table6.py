@@ -34,14 +34,15 @@ def build_table(out: Path, clients: int, samples: int, batch: int) -> pd.DataFra
     full_model = client_model + state_nbytes(split.build_top())
     sizes = Sizes(smashed, clients * samples, clients, full_model, client_model, label_bytes=8)
     rows = []
-    for method in METHODS:
-        phi = METHODS.get(method, {}).get("phi", 0.0)
-        row = {"method": method, "phi": phi, "paper_formula_MB": paper_epoch_bytes(method, sizes, phi) / 1e6}
+    for method, knobs in METHODS.items():
+        phi = knobs.get("phi", 0.0)
+        paper = paper_epoch_bytes(method, sizes, phi)
+        row = {"method": method, "phi": phi, "paper_formula_MB": paper / 1e6}
         if method in runs.index:
             measured = epochs.loc[runs.loc[method, "run_id"]]
             # FL moves whole models only, so the paper's formula is already exact for it.
             exact = (
-                paper_epoch_bytes("fl", sizes)
+                paper
                 if method == "fl"
                 else expected_epoch_bytes(sizes, batch, phi, True, method == "sfl").on_the_wire
             )
