@@ -64,7 +64,8 @@ def tests_table(pairs: pd.DataFrame, control_label: str | None) -> pd.DataFrame:
     (95% interval), p (two-sided, zero difference), p_holm (Holm over the table's distinct
     tests; a comparison `duplicates` names has none, and says why in `verdict`), positive (pairs
     above zero), paper, tost_p (TOST that our difference is smaller in size than the paper's),
-    tost_holm (over the distinct tests with a paper figure), verdict."""
+    tost_holm (over the distinct tests with a paper figure), short_p and short_holm (the same for
+    stats.shortfall_test: our difference falls short of the paper's signed one), verdict."""
     left_out, rows = duplicates(pairs, control_label), {}
     for (setting, clients), group in pairs.groupby(["setting", "C"], sort=False):
         test, paper = stats.paired_test(group["diff"]), group["paper"].iloc[0]
@@ -73,6 +74,7 @@ def tests_table(pairs: pd.DataFrame, control_label: str | None) -> pd.DataFrame:
             "diff": test.diff, "low": test.diff - test.ci95, "high": test.diff + test.ci95,
             "p": test.p, "positive": int((group["diff"] > 0).sum()), "paper": paper,
             "tost_p": stats.equivalence_test(group["diff"], paper),
+            "short_p": stats.shortfall_test(group["diff"], paper),
         }  # fmt: skip
     order = list(dict.fromkeys(pairs.setting))
     table = pd.DataFrame.from_dict(rows, orient="index")
@@ -81,6 +83,7 @@ def tests_table(pairs: pd.DataFrame, control_label: str | None) -> pd.DataFrame:
     tested = pd.Series([key not in left_out for key in table.index], index=table.index)
     table.insert(table.columns.get_loc("p") + 1, "p_holm", stats.holm(table.p.where(tested)))
     table["tost_holm"] = stats.holm(table.tost_p.where(tested))
+    table["short_holm"] = stats.holm(table.short_p.where(tested))
     table["verdict"] = [
         left_out.get(key) or verdict(row) for key, row in zip(table.index, table.itertuples(), strict=True)
     ]
@@ -98,6 +101,8 @@ def verdict(row: tuple) -> str:
         return text
     if row.tost_holm < LEVEL:
         return f"{text}; smaller than the paper's"
+    if row.short_holm < LEVEL:
+        return f"{text}; short of the paper's"
     return f"{text}; the paper's size not excluded"
 
 
@@ -105,7 +110,8 @@ def pooled_table(pairs: pd.DataFrame) -> pd.DataFrame:
     """Per setting, its differences pooled over every C of the table (stats.pooled_test): C (the
     values pooled), pairs, diff, low, high, p, p_holm (over the settings), positive, p_seeds (the
     seed-means check); then over the C where the paper has a figure: paper (its mean difference
-    there), ours_there (ours over the same C) and tost_p/tost_holm against the paper's mean."""
+    there), ours_there (ours over the same C), tost_p/tost_holm and short_p/short_holm against
+    the paper's mean."""
     rows = {}
     for setting, group in pairs.groupby("setting", sort=False):
         test, seeds = stats.pooled_test(group), stats.seed_means_test(group)
@@ -118,11 +124,13 @@ def pooled_table(pairs: pd.DataFrame) -> pd.DataFrame:
             "p_seeds": seeds.p, "paper": paper,
             "ours_there": there["diff"].mean() if len(there) else float("nan"),
             "tost_p": stats.equivalence_test(there["diff"], paper) if len(there) else float("nan"),
+            "short_p": stats.shortfall_test(there["diff"], paper) if len(there) else float("nan"),
         }  # fmt: skip
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index.name = "setting"
     table.insert(table.columns.get_loc("p") + 1, "p_holm", stats.holm(table.p))
     table["tost_holm"] = stats.holm(table.tost_p)
+    table["short_holm"] = stats.holm(table.short_p)
     return table
 
 
@@ -143,7 +151,11 @@ PAPER_TESTS_NOTE = (
     " paper: the paper's difference for this comparison (the two means of its table). TOST Holm: "
     "the equivalence test against it, Holm-adjusted over the {tost} comparisons with a paper figure: "
     "under 0.05 means our true difference lies inside (-|paper|, +|paper|), i.e. is smaller in size "
-    "than the paper's (the same as our 90% interval inside those bounds)."
+    "than the paper's (the same as our 90% interval inside those bounds). Short Holm: TOST's "
+    "one-sided half on zero's side of the paper's figure, adjusted the same way: under 0.05 means "
+    "our true difference falls short of the paper's (below a positive figure, above a negative "
+    "one), also where TOST fails because our difference may exceed the paper's size in the other "
+    "direction."
 )
 POOLED_NOTE = (
     "Each setting's per-seed differences pooled over every C it was paired at, one paired t-test "
@@ -153,9 +165,9 @@ POOLED_NOTE = (
 )
 PAPER_POOLED_NOTE = (
     " paper: the paper's mean difference over the C where it has a figure; ours there: our "
-    "mean over the same C; TOST Holm: the equivalence test of ours there against that mean."
+    "mean over the same C; TOST Holm and short Holm: the tests of ours there against that mean."
 )
-PAPER_COLUMNS = ["paper", "ours there", "TOST Holm"]
+PAPER_COLUMNS = ["paper", "ours there", "TOST Holm", "short Holm"]
 
 
 def tests_lines(
@@ -172,7 +184,8 @@ def tests_lines(
         "pairs": table.pairs.astype(int), treatment_name: table.treatment, control_name: table.control,
         "difference": table["diff"], "95% interval": _intervals(table), "p": table.p.map(_p),
         "p Holm": table.p_holm.map(_p), "+": _counts(table),
-        "paper": table.paper, "TOST Holm": table.tost_holm.map(_p), "verdict": table.verdict,
+        "paper": table.paper, "TOST Holm": table.tost_holm.map(_p),
+        "short Holm": table.short_holm.map(_p), "verdict": table.verdict,
     })  # fmt: skip
     tost = PAPER_TESTS_NOTE.format(tost=int(table.tost_holm.notna().sum())) if paper else ""
     note = TESTS_NOTE.format(tests=int(table.p_holm.notna().sum()), paper=tost)
@@ -182,6 +195,7 @@ def tests_lines(
         "95% interval": _intervals(pooled), "p": pooled.p.map(_p), "p Holm": pooled.p_holm.map(_p),
         "+": pooled.positive, "p seeds": pooled.p_seeds.map(_p), "paper": pooled.paper,
         "ours there": pooled.ours_there, "TOST Holm": pooled.tost_holm.map(_p),
+        "short Holm": pooled.short_holm.map(_p),
     })  # fmt: skip
     if not paper:
         shown = shown.drop(columns=[c for c in PAPER_COLUMNS if c in shown.columns])

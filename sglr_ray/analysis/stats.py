@@ -13,6 +13,10 @@ same C, seed and test images, so the seed-to-seed spread both sides share cancel
   (-|d|, +|d|), i.e. smaller in size than the paper's? Two one-sided t-tests, p = the larger;
   p < 0.05 is the same as our 90% interval lying inside (-|d|, +|d|). Rejecting is what
   "not reproduced: smaller than the paper's effect" means in the reports.
+- `shortfall_test` (against the paper's signed effect d): does our true difference fall short
+  of d, on zero's side of it? TOST's one-sided half on that side. Where our difference has the
+  opposite sign, TOST can fail on the far side (an effect of d's size in the other direction
+  is not excluded) while the paper's own figure is excluded: this test says so.
 - `pooled_test`: one estimate per knob across C (see its docstring for why a pooled paired t).
 """
 
@@ -119,6 +123,17 @@ def equivalence_test(differences: Sequence[float], margin: float) -> float:
     above_lower = distributions.ttest_1samp(data, -bound, alternative="greater").pvalue
     below_upper = distributions.ttest_1samp(data, bound, alternative="less").pvalue
     return float(max(above_lower, below_upper))
+
+
+def shortfall_test(differences: Sequence[float], paper: float) -> float:
+    """One-sided p-value that the true mean difference lies on zero's side of the paper's signed
+    effect: H0 mean >= paper for a positive paper figure, mean <= paper for a negative one.
+    NaN without a test (fewer than 2 pairs, no spread, a missing or zero paper figure)."""
+    data = _values(differences)
+    if pd.isna(paper) or paper == 0.0 or _no_spread(data):
+        return math.nan
+    alternative = "less" if paper > 0 else "greater"
+    return float(distributions.ttest_1samp(data, paper, alternative=alternative).pvalue)
 
 
 def pooled_test(differences: pd.DataFrame) -> PairedTest:

@@ -63,6 +63,16 @@ def test_tost_is_the_larger_one_sided_p(margin):
     assert stats.equivalence_test([1.0, 2.0, 4.0], margin) == pytest.approx(max(above_lower, below_upper))
 
 
+@pytest.mark.parametrize("paper", [5.0, -5.0])
+def test_shortfall_is_the_one_sided_p_on_zeros_side_of_the_paper(paper):
+    se = math.sqrt(7 / 9)  # of 1, 2, 4 (mean 7/3)
+    # H0 mean >= 5: p = P(T <= (7/3 - 5) / se); H0 mean <= -5: p = P(T >= (7/3 + 5) / se).
+    expected = t2_cdf((7 / 3 - 5) / se) if paper > 0 else 1 - t2_cdf((7 / 3 + 5) / se)
+    assert stats.shortfall_test([1.0, 2.0, 4.0], paper) == pytest.approx(expected)
+    assert math.isnan(stats.shortfall_test([1.0, 2.0, 4.0], 0.0))
+    assert math.isnan(stats.shortfall_test([3.0, 3.0], paper))
+
+
 def test_tost_rejects_only_where_the_90_percent_interval_sits_inside_the_margin():
     diffs = [0.9, 1.0, 1.1, 1.0]
     half90 = 2.353363 * 0.0816497 / 2  # t(3) 0.95 quantile x std / sqrt(4)
@@ -122,6 +132,17 @@ def test_tost_verdict_against_the_papers_effect():
     pairs = grid_pairs([("sglr", "sglr", 0.5, 0.5, 20, [1.1, 1.2, 1.25])]).assign(paper=2.6)
     row = significance.tests_table(pairs, "psl").iloc[0]
     assert row.verdict == "above; smaller than the paper's" and row.tost_holm < 0.05
+
+
+def test_shortfall_verdict_where_our_difference_has_the_other_sign():
+    # Ours about -2 with a wide spread, the paper's +3.3: TOST fails (-3.3 is not excluded on the
+    # far side), but the paper's own +3.3 is: "short of the paper's", not "not excluded".
+    pairs = grid_pairs([("sglr", "sglr", 0.5, 0.5, 5, [-2.0, -0.5, -1.0, -1.5, -5.0])]).assign(paper=3.3)
+    row = significance.tests_table(pairs, "sfl").iloc[0]
+    assert row.tost_holm > 0.05 and row.short_holm < 0.05
+    assert row.verdict.endswith("; short of the paper's")
+    tied = grid_pairs([("sglr", "sglr", 0.5, 0.5, 5, [3.0, 3.6, 3.1, 3.5, 3.2])]).assign(paper=3.3)
+    assert significance.tests_table(tied, "sfl").iloc[0].verdict.endswith("; the paper's size not excluded")
 
 
 def grid_row(**knobs) -> dict:
