@@ -113,18 +113,6 @@ def holm(pvalues: Sequence[float]) -> np.ndarray:
     return adjusted
 
 
-def equivalence_test(differences: Sequence[float], margin: float) -> float:
-    """TOST p-value that the true mean difference lies strictly inside (-|margin|, +|margin|):
-    the larger of the one-sided t-tests of H0 mean <= -|margin| and H0 mean >= +|margin|.
-    NaN without a test (fewer than 2 pairs, no spread, a missing or zero margin)."""
-    data, bound = _values(differences), abs(margin) if not pd.isna(margin) else 0.0
-    if bound == 0.0 or _no_spread(data):
-        return math.nan
-    above_lower = distributions.ttest_1samp(data, -bound, alternative="greater").pvalue
-    below_upper = distributions.ttest_1samp(data, bound, alternative="less").pvalue
-    return float(max(above_lower, below_upper))
-
-
 def shortfall_test(differences: Sequence[float], paper: float) -> float:
     """One-sided p-value that the true mean difference lies on zero's side of the paper's signed
     effect: H0 mean >= paper for a positive paper figure, mean <= paper for a negative one.
@@ -134,6 +122,16 @@ def shortfall_test(differences: Sequence[float], paper: float) -> float:
         return math.nan
     alternative = "less" if paper > 0 else "greater"
     return float(distributions.ttest_1samp(data, paper, alternative=alternative).pvalue)
+
+
+def equivalence_test(differences: Sequence[float], margin: float) -> float:
+    """TOST p-value that the true mean difference lies strictly inside (-|margin|, +|margin|):
+    the larger of the one-sided t-tests of H0 mean <= -|margin| and H0 mean >= +|margin|, each
+    a shortfall test against one bound. NaN without a test (fewer than 2 pairs, no spread, a
+    missing or zero margin)."""
+    if pd.isna(margin):
+        return math.nan
+    return max(shortfall_test(differences, abs(margin)), shortfall_test(differences, -abs(margin)))
 
 
 def pooled_test(differences: pd.DataFrame) -> PairedTest:
